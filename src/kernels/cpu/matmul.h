@@ -1,0 +1,31 @@
+#pragma once
+// Dense products of f32 activations with weights stored as f32, bf16 or f16 (converted on the
+// fly, so mapped checkpoints are used in place). Rows of a weight matrix are contiguous.
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "core/tensor.h"
+
+namespace tessera::kernels {
+
+struct WeightMatrix {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+
+  static WeightMatrix of(const Tensor& t);  // 2-d contiguous tensor
+  // Rows [begin, end) of this matrix (for stacked expert weights).
+  WeightMatrix row_block(int64_t begin, int64_t end) const;
+};
+
+// y[M,N] = x[M,K] . W[N,K]^T   (nn.Linear without bias). x and y are dense row-major.
+void matmul_nt(const float* x, int64_t m, const WeightMatrix& w, float* y);
+
+// y[M,N] (+)= x[M,K] . W[K,N]. With accumulate, adds into y.
+void matmul_nn(const float* x, int64_t m, const WeightMatrix& w, float* y, bool accumulate);
+
+// Dot product of f32 vectors.
+float dot_f32(const float* a, const float* b, int64_t n);
+
+}  // namespace tessera::kernels

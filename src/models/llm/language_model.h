@@ -1,0 +1,77 @@
+#pragma once
+// What generation needs from a causal language model, whatever its architecture.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace tessera {
+
+struct LanguageModelInfo {
+  std::string architecture;  // "dbrx", "llama"
+  std::string name;          // folder or file name
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0;
+  int64_t n_layers = 0;
+  int64_t kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t parameters = 0;
+  int64_t active_parameters = 0;
+};
+
+// Keys and values of every layer for one sequence, f32, [position][kv_head][head_dim]. Grows on
+// demand (reserve() up front avoids reallocation), so memory follows the sequence length rather
+// than max_seq_len.
+class KvCache {
+ public:
+  KvCache() = default;
+  KvCache(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len);
+
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t max_length() const { return max_len_; }
+  int64_t row_size() const { return kv_heads_ * head_dim_; }
+  void reserve(int64_t tokens);
+  void clear() { length_ = 0; }
+  void truncate(int64_t tokens);  // drop positions >= tokens (for rewinding)
+  size_t bytes() const;
+
+  float* keys(int64_t layer, int64_t pos) { return keys_[layer].data() + pos * row_size(); }
+  float* values(int64_t layer, int64_t pos) { return values_[layer].data() + pos * row_size(); }
+  // Called by the model after it has written positions [length, length + n).
+  void advance(int64_t n) { length_ += n; }
+
+ private:
+  int64_t kv_heads_ = 0, head_dim_ = 0, max_len_ = 0;
+  int64_t length_ = 0, capacity_ = 0;
+  std::vector<std::vector<float>> keys_, values_;
+};
+
+class LanguageModel {
+ public:
+  virtual ~LanguageModel() = default;
+  virtual const LanguageModelInfo& info() const = 0;
+
+  KvCache new_cache() const {
+    const auto& i = info();
+    return KvCache(i.n_layers, i.kv_heads, i.head_dim, i.max_seq_len);
+  }
+
+  // Runs `tokens` after the positions already in `cache`, appending their keys and values.
+  // Returns logits [tokens.size(), vocab] when all_logits, else [1, vocab] for the last token.
+  // Throws tessera::Error for out-of-range token ids or when max_seq_len would be exceeded.
+  virtual Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) = 0;
+
+  // Bytes of weight data the model reads (mapped or owned).
+  virtual size_t weight_bytes() const = 0;
+};
+
+// Loads the model in `path` (a Hugging Face folder with config.json), choosing the
+// architecture from config.json's model_type.
+std::unique_ptr<LanguageModel> load_language_model(const std::filesystem::path& path);
+
+}  // namespace tessera
