@@ -51,6 +51,9 @@ DbrxConfig DbrxConfig::from_json(const json& j, const std::string& origin) {
   const std::string attn_where = origin + ": attn_config";
   c.kv_n_heads = get_int(attn, "kv_n_heads", c.kv_n_heads, attn_where);
   if (auto clip = get_optional_number(attn, "clip_qkv", std::nullopt, attn_where)) c.clip_qkv = static_cast<float>(*clip);
+  // Checkpoints keep theta in attn_config; newer transformers also write rope_parameters.
+  if (auto rope = j.find("rope_parameters"); rope != j.end() && rope->is_object())
+    c.rope_theta = get_optional_number(*rope, "rope_theta", c.rope_theta, origin + ": rope_parameters").value_or(c.rope_theta);
   c.rope_theta = get_optional_number(attn, "rope_theta", c.rope_theta, attn_where).value_or(c.rope_theta);
 
   const json& ffn = j.contains("ffn_config") && !j["ffn_config"].is_null() ? j["ffn_config"] : empty;

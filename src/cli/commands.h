@@ -1,0 +1,15 @@
+#pragma once
+// Each subcommand registers itself on the root app; the callback runs the command and may
+// throw tessera::Error, which main() prints as one line with exit code 2.
+#include <CLI/CLI.hpp>
+
+namespace tessera::cli {
+
+void register_generate(CLI::App& app);
+void register_chat(CLI::App& app);
+void register_score(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_models(CLI::App& app);
+void register_init(CLI::App& app);
+
+}  // namespace tessera::cli

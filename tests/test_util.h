@@ -1,0 +1,75 @@
+#pragma once
+// Helpers shared by the tests: paths, temporary folders, running the tessera binary.
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+namespace tessera::testing {
+
+inline std::filesystem::path source_dir() { return TESSERA_SOURCE_DIR; }
+inline std::filesystem::path fixtures() { return source_dir() / "tests" / "fixtures"; }
+
+class TempDir {
+ public:
+  TempDir() {
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path() / ("tessera-test-" + std::to_string(rd()) + std::to_string(getpid()));
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+inline void write_file(const std::filesystem::path& path, const std::string& content) {
+  std::ofstream out(path, std::ios::binary);
+  out << content;
+}
+
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;   // stdout
+  std::string err;   // stderr
+  long peak_rss_kb = 0;
+};
+
+// Runs the tessera binary with `args` (a shell-quoted string), capturing stdout and stderr.
+inline CommandResult run_tessera(const std::string& args) {
+  TempDir tmp;
+  const auto out = tmp / "out", err = tmp / "err";
+  const std::string cmd = std::string("'") + TESSERA_BINARY + "' " + args + " >'" + out.string() + "' 2>'" +
+                          err.string() + "' </dev/null";
+  CommandResult r;
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  int status = 0;
+  struct rusage usage {};
+  wait4(pid, &status, 0, &usage);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.peak_rss_kb = usage.ru_maxrss;
+  r.out = read_file(out);
+  r.err = read_file(err);
+  return r;
+}
+
+}  // namespace tessera::testing
