@@ -36,6 +36,7 @@ void register_generate(CLI::App& app) {
       return true;
     });
     std::fputc('\n', stdout);
+    std::fflush(stdout);
     const auto& s = result.stats;
     fmt::print(stderr, "prompt: {} tokens, {:.1f} tok/s | generation: {} tokens, {:.1f} tok/s | finish: {} | seed: {}\n",
                s.prompt_tokens, s.prefill_tokens_per_second(), s.generated_tokens, s.decode_tokens_per_second(),

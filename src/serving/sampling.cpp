@@ -59,52 +59,68 @@ int32_t Sampler::sample(std::span<float> logits, std::span<const int32_t> contex
   if (params_.temperature == 0.0f)
     return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 
-  // Candidates sorted by logit, best first; filters keep a prefix of this order.
+  // Candidates: everything, or the top_k best (sorted). Sorting all 100k logits per token would
+  // cost more than the forward pass of a small model, so order is only established when a
+  // filter needs it, and then only as far as it needs.
   order_.resize(static_cast<size_t>(vocab));
   std::iota(order_.begin(), order_.end(), 0);
+  auto by_logit = [&](int32_t a, int32_t b) { return logits[a] > logits[b]; };
   size_t keep = order_.size();
+  size_t sorted = 0;  // order_[0, sorted) is in descending order
   if (params_.top_k > 0 && params_.top_k < vocab) {
     keep = static_cast<size_t>(params_.top_k);
-    std::partial_sort(order_.begin(), order_.begin() + keep, order_.end(),
-                      [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  } else {
-    std::sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+    std::partial_sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(keep), order_.end(), by_logit);
+    sorted = keep;
   }
 
   const float inv_t = 1.0f / params_.temperature;
-  const float top = logits[order_[0]] * inv_t;
-  std::vector<double> probs(keep);
+  float top = -INFINITY;
+  for (size_t i = 0; i < keep; ++i) top = std::max(top, logits[order_[i]]);
+  probs_.resize(static_cast<size_t>(vocab));  // indexed by token id
   double total = 0;
   for (size_t i = 0; i < keep; ++i) {
-    probs[i] = std::exp(static_cast<double>(logits[order_[i]] * inv_t - top));
-    total += probs[i];
+    const int32_t id = order_[i];
+    probs_[id] = std::exp(static_cast<double>((logits[id] - top) * inv_t));
+    total += probs_[id];
   }
-  for (auto& p : probs) p /= total;
+  for (size_t i = 0; i < keep; ++i) probs_[order_[i]] /= total;
 
+  if (params_.min_p > 0.0f) {
+    // The best candidate has probability exp(0)/total; keep those within min_p of it.
+    const double floor = (1.0 / total) * params_.min_p;
+    auto end = std::partition(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(keep),
+                              [&](int32_t id) { return probs_[id] >= floor; });
+    const size_t kept = static_cast<size_t>(end - order_.begin());
+    if (kept < keep) sorted = 0;  // partition may have reordered the sorted prefix
+    if (sorted) std::sort(order_.begin(), end, [&](int32_t a, int32_t b) { return probs_[a] > probs_[b]; });
+    keep = kept;
+  }
   if (params_.top_p < 1.0f) {
-    double cumulative = 0;
-    size_t cut = keep;
-    for (size_t i = 0; i < keep; ++i) {
-      cumulative += probs[i];
-      if (cumulative >= params_.top_p) {
-        cut = i + 1;
+    // Sort a growing prefix until it holds top_p of the mass.
+    size_t window = std::min<size_t>(keep, 64);
+    for (;;) {
+      if (sorted < window) {
+        std::partial_sort(order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(window),
+                          order_.begin() + static_cast<std::ptrdiff_t>(keep),
+                          [&](int32_t a, int32_t b) { return probs_[a] > probs_[b]; });
+        sorted = window;
+      }
+      double cumulative = 0;
+      size_t cut = 0;
+      while (cut < window && cumulative < params_.top_p) cumulative += probs_[order_[cut++]];
+      if (cumulative >= params_.top_p || window == keep) {
+        keep = cut;
         break;
       }
+      window = std::min(keep, window * 4);
     }
-    keep = cut;
-  }
-  if (params_.min_p > 0.0f) {
-    const double floor = probs[0] * params_.min_p;
-    size_t cut = 1;
-    while (cut < keep && probs[cut] >= floor) ++cut;
-    keep = cut;
   }
 
   double mass = 0;
-  for (size_t i = 0; i < keep; ++i) mass += probs[i];
+  for (size_t i = 0; i < keep; ++i) mass += probs_[order_[i]];
   double r = rng_.uniform() * mass;
   for (size_t i = 0; i < keep; ++i) {
-    r -= probs[i];
+    r -= probs_[order_[i]];
     if (r < 0) return order_[i];
   }
   return order_[keep - 1];

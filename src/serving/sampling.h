@@ -42,6 +42,7 @@ class Sampler {
   uint64_t seed_;
   Rng rng_;
   std::vector<int32_t> order_;
+  std::vector<double> probs_;
 };
 
 }  // namespace tessera
