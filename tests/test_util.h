@@ -51,11 +51,12 @@ struct CommandResult {
 };
 
 // Runs the tessera binary with `args` (a shell-quoted string), capturing stdout and stderr.
-inline CommandResult run_tessera(const std::string& args) {
+// The peak RSS is the child's (getrusage of the waited-for process).
+inline CommandResult run_tessera(const std::string& args, const std::string& stdin_path = "/dev/null") {
   TempDir tmp;
   const auto out = tmp / "out", err = tmp / "err";
   const std::string cmd = std::string("'") + TESSERA_BINARY + "' " + args + " >'" + out.string() + "' 2>'" +
-                          err.string() + "' </dev/null";
+                          err.string() + "' <'" + stdin_path + "'";
   CommandResult r;
   pid_t pid = fork();
   if (pid == 0) {

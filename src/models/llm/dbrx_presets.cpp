@@ -40,7 +40,7 @@ const std::vector<DbrxPreset>& dbrx_presets() {
       {"dbrx-73b", "family size, 20B active", family(4096, 36, 9984)},
       {"dbrx-36b", "family size, 10B active", family(3072, 28, 8448)},
       {"dbrx-19b", "family size, 5.2B active", family(2048, 20, 9216)},
-      {"dbrx-9b", "family size, 2.6B active", family(1536, 28, 4096, 4)},
+      {"dbrx-9b", "family size, 2.6B active", family(1536, 30, 3840, 4)},
       {"dbrx-mini", "small model for benchmarks (d_model 512, 8 layers)", small(512, 8, 4, 8, 1024, 4096)},
       {"dbrx-tiny", "tiny model for tests and demos (d_model 32, 2 layers)", small(32, 4, 2, 2, 64, 2048)},
   };
