@@ -9,32 +9,41 @@ namespace tessera {
 namespace {
 struct DTypeInfo {
   DType dtype;
-  size_t size;
+  size_t size;  // bytes per element, or per block
+  size_t block;  // elements per block
   std::string_view name;
-  std::string_view safetensors;
+  std::string_view safetensors;  // empty: not a safetensors type
 };
-constexpr std::array<DTypeInfo, 10> kInfo{{
-    {DType::F32, 4, "f32", "F32"},
-    {DType::F16, 2, "f16", "F16"},
-    {DType::BF16, 2, "bf16", "BF16"},
-    {DType::F64, 8, "f64", "F64"},
-    {DType::I64, 8, "i64", "I64"},
-    {DType::I32, 4, "i32", "I32"},
-    {DType::I16, 2, "i16", "I16"},
-    {DType::I8, 1, "i8", "I8"},
-    {DType::U8, 1, "u8", "U8"},
-    {DType::Bool, 1, "bool", "BOOL"},
+constexpr std::array<DTypeInfo, 15> kInfo{{
+    {DType::F32, 4, 1, "f32", "F32"},
+    {DType::F16, 2, 1, "f16", "F16"},
+    {DType::BF16, 2, 1, "bf16", "BF16"},
+    {DType::F64, 8, 1, "f64", "F64"},
+    {DType::I64, 8, 1, "i64", "I64"},
+    {DType::I32, 4, 1, "i32", "I32"},
+    {DType::I16, 2, 1, "i16", "I16"},
+    {DType::I8, 1, 1, "i8", "I8"},
+    {DType::U8, 1, 1, "u8", "U8"},
+    {DType::Bool, 1, 1, "bool", "BOOL"},
+    {DType::Q8_0, 34, 32, "q8_0", ""},
+    {DType::Q4_0, 18, 32, "q4_0", ""},
+    {DType::Q4_1, 20, 32, "q4_1", ""},
+    {DType::Q4_K, 144, 256, "q4_k", ""},
+    {DType::Q6_K, 210, 256, "q6_k", ""},
 }};
 const DTypeInfo& info(DType dtype) { return kInfo[static_cast<size_t>(dtype)]; }
 }  // namespace
 
 size_t dtype_size(DType dtype) { return info(dtype).size; }
+size_t dtype_block_elems(DType dtype) { return info(dtype).block; }
+size_t dtype_block_bytes(DType dtype) { return info(dtype).size; }
+size_t dtype_bytes(DType dtype, size_t n) { return n / info(dtype).block * info(dtype).size; }
 std::string_view dtype_name(DType dtype) { return info(dtype).name; }
 std::string_view dtype_safetensors_name(DType dtype) { return info(dtype).safetensors; }
 
 std::optional<DType> dtype_from_safetensors(std::string_view name) {
   for (const auto& entry : kInfo)
-    if (entry.safetensors == name) return entry.dtype;
+    if (!entry.safetensors.empty() && entry.safetensors == name) return entry.dtype;
   return std::nullopt;
 }
 

@@ -10,9 +10,16 @@
 
 namespace tessera {
 
-enum class DType : uint8_t { F32, F16, BF16, F64, I64, I32, I16, I8, U8, Bool };
+// Scalar types, then block-quantized weight formats (GGUF's layouts): a block holds
+// dtype_block_elems() consecutive values of a row in dtype_block_bytes() bytes.
+enum class DType : uint8_t { F32, F16, BF16, F64, I64, I32, I16, I8, U8, Bool, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K };
 
-size_t dtype_size(DType dtype);
+size_t dtype_size(DType dtype);         // bytes per element; for block formats, bytes per block
+size_t dtype_block_elems(DType dtype);  // 1 for scalar types, 32 or 256 for block formats
+size_t dtype_block_bytes(DType dtype);
+inline bool dtype_is_quantized(DType dtype) { return dtype_block_elems(dtype) > 1; }
+// Bytes of `n` consecutive elements (n a multiple of the block size for block formats).
+size_t dtype_bytes(DType dtype, size_t n);
 std::string_view dtype_name(DType dtype);                 // "f32", "bf16", ...
 std::string_view dtype_safetensors_name(DType dtype);     // "F32", "BF16", ...
 std::optional<DType> dtype_from_safetensors(std::string_view name);

@@ -45,7 +45,7 @@ Tensor::Tensor(std::shared_ptr<Storage> storage, size_t byte_offset, DType dtype
 Tensor Tensor::empty(Shape shape, DType dtype) {
   for (int64_t d : shape)
     if (d < 0) fail("negative dimension in shape {}", shape_str(shape));
-  size_t bytes = static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype);
+  size_t bytes = dtype_bytes(dtype, static_cast<size_t>(shape_numel(shape)));
   return Tensor(Storage::allocate(bytes), 0, dtype, std::move(shape));
 }
 
@@ -81,7 +81,7 @@ Tensor Tensor::slice(int64_t dim, int64_t start, int64_t end) const {
     fail("slice [{}, {}) out of range for dim {} of {}", start, end, dim, shape_str(shape_));
   Shape shape = shape_;
   shape[dim] = end - start;
-  size_t offset = offset_ + static_cast<size_t>(start * strides_[dim]) * dtype_size(dtype_);
+  size_t offset = offset_ + dtype_bytes(dtype_, static_cast<size_t>(start * strides_[dim]));
   return Tensor(storage_, offset, dtype_, std::move(shape), strides_);
 }
 
@@ -89,7 +89,7 @@ Tensor Tensor::select(int64_t dim, int64_t index) const {
   dim = normalize_dim(dim, ndim());
   if (index < 0 || index >= shape_[dim]) fail("index {} out of range for dim {} of {}", index, dim, shape_str(shape_));
   Shape shape = shape_, strides = strides_;
-  size_t offset = offset_ + static_cast<size_t>(index * strides_[dim]) * dtype_size(dtype_);
+  size_t offset = offset_ + dtype_bytes(dtype_, static_cast<size_t>(index * strides_[dim]));
   shape.erase(shape.begin() + dim);
   strides.erase(strides.begin() + dim);
   return Tensor(storage_, offset, dtype_, std::move(shape), std::move(strides));
@@ -108,6 +108,7 @@ namespace {
 // Copies a strided tensor into contiguous memory, element by element (innermost run memcpy'd
 // when it is unit-strided).
 void copy_strided(const Tensor& src, std::byte* dst) {
+  if (dtype_is_quantized(src.dtype())) fail("cannot copy a strided view of a {} tensor", dtype_name(src.dtype()));
   const size_t elem = dtype_size(src.dtype());
   const int64_t nd = src.ndim();
   if (src.numel() == 0) return;

@@ -35,7 +35,7 @@ class Tensor {
   int64_t ndim() const { return static_cast<int64_t>(shape_.size()); }
   int64_t dim(int64_t i) const { return shape_.at(i < 0 ? i + ndim() : i); }
   int64_t numel() const { return shape_numel(shape_); }
-  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype_); }
+  size_t nbytes() const { return dtype_bytes(dtype_, static_cast<size_t>(numel())); }
   bool is_contiguous() const;
   bool is_mapped() const { return storage_ && storage_->is_mapped(); }
   const std::shared_ptr<Storage>& storage() const { return storage_; }

@@ -18,7 +18,7 @@ WeightMatrix WeightMatrix::of(const Tensor& t) {
 
 WeightMatrix WeightMatrix::row_block(int64_t begin, int64_t end) const {
   const auto* base = static_cast<const std::byte*>(data);
-  return WeightMatrix{base + begin * cols * static_cast<int64_t>(dtype_size(dtype)), dtype, end - begin, cols};
+  return WeightMatrix{base + dtype_bytes(dtype, static_cast<size_t>(begin * cols)), dtype, end - begin, cols};
 }
 
 namespace {
@@ -35,7 +35,7 @@ inline float hsum(__m256 v) {
 // f32 weights are returned in place without copying.
 const float* rows_as_f32(const WeightMatrix& w, int64_t row, int64_t rows, std::vector<float>& scratch) {
   const int64_t cols = w.cols;
-  const auto* base = static_cast<const std::byte*>(w.data) + row * cols * static_cast<int64_t>(dtype_size(w.dtype));
+  const auto* base = static_cast<const std::byte*>(w.data) + dtype_bytes(w.dtype, static_cast<size_t>(row * cols));
   if (w.dtype == DType::F32) return reinterpret_cast<const float*>(base);
   scratch.resize(static_cast<size_t>(rows * cols));
   convert_to_f32(w.dtype, base, scratch.data(), scratch.size());
