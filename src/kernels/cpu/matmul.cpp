@@ -97,6 +97,10 @@ float dot_f32(const float* a, const float* b, int64_t n) {
 
 void matmul_nt(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   const int64_t n = w.rows, k = w.cols;
+  if (dtype_is_quantized(w.dtype)) {
+    matmul_nt_quantized(x, m, w.data, w.dtype, n, k, y, active_simd_path());
+    return;
+  }
   constexpr int64_t kBlock = 16;  // weight rows converted and reused across all activation rows
   const int64_t blocks = (n + kBlock - 1) / kBlock;
   // Enough work per task that thread wake-ups stay cheap for small matrices.
@@ -129,11 +133,15 @@ void matmul_nt(const float* x, int64_t m, const WeightMatrix& w, float* y) {
 
 void matmul_nn(const float* x, int64_t m, const WeightMatrix& w, float* y, bool accumulate) {
   const int64_t k = w.rows, n = w.cols;
+  const bool quantized = dtype_is_quantized(w.dtype);
+  const auto qblock = static_cast<int64_t>(dtype_block_elems(w.dtype));
+  if (quantized && n % qblock != 0)
+    fail("matmul_nn: {} weights need rows of a multiple of {} values, got {}", dtype_name(w.dtype), qblock, n);
   // Split the output columns; each task walks all K rows of W for its column range.
-  constexpr int64_t kColBlock = 64;
+  // Quantized column ranges start and end on block boundaries.
+  const int64_t kColBlock = quantized ? std::max<int64_t>(64, qblock) : 64;
   const int64_t blocks = (n + kColBlock - 1) / kColBlock;
   const size_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, k * m * kColBlock / 64));
-  const size_t elem = dtype_size(w.dtype);
   parallel_for(static_cast<size_t>(blocks), grain, [&](size_t b0, size_t b1) {
     std::vector<float> row(kColBlock);
     for (size_t b = b0; b < b1; ++b) {
@@ -142,10 +150,13 @@ void matmul_nn(const float* x, int64_t m, const WeightMatrix& w, float* y, bool 
       if (!accumulate)
         for (int64_t i = 0; i < m; ++i) std::fill(y + i * n + c0, y + i * n + c0 + cols, 0.0f);
       for (int64_t kk = 0; kk < k; ++kk) {
-        const auto* src = static_cast<const std::byte*>(w.data) + (kk * n + c0) * static_cast<int64_t>(elem);
+        const auto* src = static_cast<const std::byte*>(w.data) + dtype_bytes(w.dtype, static_cast<size_t>(kk * n + c0));
         const float* wr;
         if (w.dtype == DType::F32) {
           wr = reinterpret_cast<const float*>(src);
+        } else if (quantized) {
+          dequantize_row(w.dtype, src, row.data(), cols);
+          wr = row.data();
         } else {
           convert_to_f32(w.dtype, src, row.data(), static_cast<size_t>(cols));
           wr = row.data();

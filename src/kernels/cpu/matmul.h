@@ -1,10 +1,12 @@
 #pragma once
 // Dense products of f32 activations with weights stored as f32, bf16 or f16 (converted on the
-// fly, so mapped checkpoints are used in place). Rows of a weight matrix are contiguous.
+// fly, so mapped checkpoints are used in place) or block-quantized (Q8_0, Q4_0, Q4_1, Q4_K,
+// Q6_K: integer products, see quant.h). Rows of a weight matrix are contiguous.
 #include <cstdint>
 
 #include "core/dtype.h"
 #include "core/tensor.h"
+#include "kernels/cpu/quant.h"
 
 namespace tessera::kernels {
 
@@ -20,9 +22,13 @@ struct WeightMatrix {
 };
 
 // y[M,N] = x[M,K] . W[N,K]^T   (nn.Linear without bias). x and y are dense row-major.
+// Quantized W: activations are quantized to 8 bits per row on the fly (quant.h), on the
+// widest SIMD path the CPU has (active_simd_path()); K must be a multiple of the block size.
 void matmul_nt(const float* x, int64_t m, const WeightMatrix& w, float* y);
 
-// y[M,N] (+)= x[M,K] . W[K,N]. With accumulate, adds into y.
+// y[M,N] (+)= x[M,K] . W[K,N]. With accumulate, adds into y. Quantized W (N a multiple of the
+// block size) is dequantized a block of columns at a time: correct, not fast; models use
+// matmul_nt for quantized weights.
 void matmul_nn(const float* x, int64_t m, const WeightMatrix& w, float* y, bool accumulate);
 
 // Dot product of f32 vectors.
