@@ -2,6 +2,7 @@
 // built byte by byte from ggml's definitions, quantizer round trips, every SIMD path against a
 // reference with the same integer math and against f32 math, and printed throughput.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -397,6 +398,35 @@ TEST(QuantDispatch, PathsAndNames) {
   EXPECT_NE(std::find(paths.begin(), paths.end(), kernels::active_simd_path()), paths.end());
 }
 
+// Prints the default path; run on its own below with TESSERA_SIMD set.
+TEST(QuantDispatch, PrintsDefaultPath) {
+  std::printf("default simd path: %s\n", std::string(kernels::simd_path_name(kernels::active_simd_path())).c_str());
+}
+
+TEST(QuantDispatch, EnvironmentCapsThePath) {
+  char self[4096];
+  const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  ASSERT_GT(len, 0);
+  self[len] = 0;
+  auto default_path_with = [&](const std::string& env) {
+    const std::string cmd =
+        "TESSERA_SIMD=" + env + " '" + self + "' --gtest_filter=QuantDispatch.PrintsDefaultPath 2>&1";
+    std::string out;
+    if (FILE* pipe = popen(cmd.c_str(), "r")) {
+      char buf[512];
+      while (fgets(buf, sizeof(buf), pipe)) out += buf;
+      pclose(pipe);
+    }
+    const auto at = out.find("default simd path: ");
+    return at == std::string::npos ? out : out.substr(at + 19, out.find('\n', at) - at - 19);
+  };
+  EXPECT_EQ(default_path_with("scalar"), "scalar");
+  const auto paths = kernels::supported_paths();
+  const bool has_avx2 = std::find(paths.begin(), paths.end(), SimdPath::Avx2) != paths.end();
+  EXPECT_EQ(default_path_with("avx2"), has_avx2 ? "avx2" : "scalar");
+  EXPECT_EQ(default_path_with("avx512"), std::string(kernels::simd_path_name(paths.back())));
+}
+
 // ---- throughput (printed, not asserted) --------------------------------------------------------
 
 // Runs fn on one thread: inside a pool task, nested parallel loops run serially.
@@ -442,9 +472,14 @@ TEST(QuantPerf, PrintsThroughput) {
   for (const auto& c : cases) {
     const kernels::WeightMatrix wm{c.data.data(), c.dtype, n, k};
     const double bytes = static_cast<double>(c.data.size());
+    // Every format on the default path; Q8_0 and Q4_0 on each SIMD path.
     std::vector<SimdPath> paths = {kernels::active_simd_path()};
     if (c.dtype == DType::F32) paths = {SimdPath::Avx2};
-    else if (kernels::active_simd_path() == SimdPath::Avx512Vnni) paths = {SimdPath::Avx2, SimdPath::Avx512Vnni};
+    if (c.dtype == DType::Q8_0 || c.dtype == DType::Q4_0) {
+      paths.clear();
+      for (SimdPath p : kernels::supported_paths())
+        if (p != SimdPath::Scalar) paths.push_back(p);
+    }
     for (SimdPath path : paths) {
       kernels::set_simd_path_for_testing(path);
       for (size_t t : {size_t{1}, threads}) {

@@ -363,6 +363,7 @@ std::string_view simd_path_name(SimdPath path) {
   switch (path) {
     case SimdPath::Scalar: return "scalar";
     case SimdPath::Avx2: return "avx2";
+    case SimdPath::AvxVnni: return "avxvnni";
     case SimdPath::Avx512Vnni: return "avx512";
   }
   return "?";
@@ -371,8 +372,10 @@ std::string_view simd_path_name(SimdPath path) {
 std::vector<SimdPath> supported_paths() {
   const CpuFeatures& f = cpu_features();
   std::vector<SimdPath> paths{SimdPath::Scalar};
-  if (f.avx2 && f.fma && f.f16c) paths.push_back(SimdPath::Avx2);
-  if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni) paths.push_back(SimdPath::Avx512Vnni);
+  const bool avx2 = f.avx2 && f.fma && f.f16c;
+  if (avx2) paths.push_back(SimdPath::Avx2);
+  if (avx2 && f.avx_vnni) paths.push_back(SimdPath::AvxVnni);
+  if (avx2 && f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni) paths.push_back(SimdPath::Avx512Vnni);
   return paths;
 }
 
@@ -381,16 +384,20 @@ std::optional<SimdPath> g_forced_path;
 
 SimdPath default_path() {
   static const SimdPath path = [] {
-    SimdPath widest = supported_paths().back();
+    const std::vector<SimdPath> paths = supported_paths();
     const char* env = std::getenv("TESSERA_SIMD");
-    if (!env || !*env) return widest;
+    if (!env || !*env) return paths.back();
     const std::string cap(env);
-    SimdPath limit = widest;
+    SimdPath limit;
     if (cap == "scalar") limit = SimdPath::Scalar;
     else if (cap == "avx2") limit = SimdPath::Avx2;
+    else if (cap == "avxvnni") limit = SimdPath::AvxVnni;
     else if (cap == "avx512") limit = SimdPath::Avx512Vnni;
-    else fail("TESSERA_SIMD={}: expected scalar, avx2 or avx512", cap);
-    return std::min(widest, limit);
+    else fail("TESSERA_SIMD={}: expected scalar, avx2, avxvnni or avx512", cap);
+    SimdPath chosen = SimdPath::Scalar;
+    for (SimdPath p : paths)
+      if (p <= limit) chosen = p;
+    return chosen;
   }();
   return path;
 }
@@ -448,7 +455,7 @@ void quantize_activations(const float* x, int64_t m, int64_t k, DType weights, S
   const bool k_quant = dtype_block_elems(weights) == 256;
   out.m = m;
   out.k = k;
-  out.biased = !k_quant && path == SimdPath::Avx512Vnni;
+  out.biased = !k_quant && (path == SimdPath::AvxVnni || path == SimdPath::Avx512Vnni);
   const int64_t block = k_quant ? 256 : 32;
   const int64_t nb = k / block;
   out.q.resize(static_cast<size_t>(m * k));
@@ -613,6 +620,7 @@ void matmul_nt_quantized(const float* x, int64_t m, const void* w, DType dtype, 
   switch (path) {
     case SimdPath::Scalar: kernel = detail::scalar_kernel(dtype); break;
     case SimdPath::Avx2: kernel = detail::avx2_kernel(dtype); break;
+    case SimdPath::AvxVnni: kernel = detail::avxvnni_kernel(dtype); break;
     case SimdPath::Avx512Vnni: kernel = detail::avx512vnni_kernel(dtype); break;
   }
   if (!kernel) fail("no {} kernel for {} weights", simd_path_name(path), dtype_name(dtype));

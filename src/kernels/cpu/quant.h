@@ -46,12 +46,14 @@ void quantize_row(DType dtype, const float* src, void* dst, int64_t n);
 void dequantize_row_reference(DType dtype, const void* src, float* dst, int64_t n);
 
 // The instruction-set paths of the quantized products, narrowest first.
-enum class SimdPath { Scalar, Avx2, Avx512Vnni };
-std::string_view simd_path_name(SimdPath path);  // "scalar", "avx2", "avx512"
+// AvxVnni: 256-bit VNNI without AVX-512 (Alder Lake and later clients); Avx512Vnni: AVX-512 F, BW,
+// VL and VNNI (Ice Lake / Zen 4 and later).
+enum class SimdPath { Scalar, Avx2, AvxVnni, Avx512Vnni };
+std::string_view simd_path_name(SimdPath path);  // "scalar", "avx2", "avxvnni", "avx512"
 // Paths this CPU can run (Scalar always), regardless of TESSERA_SIMD.
 std::vector<SimdPath> supported_paths();
-// The path matmul_nt uses: the widest supported, capped by TESSERA_SIMD=scalar|avx2|avx512
-// (read once), or the override below.
+// The path matmul_nt uses: the widest supported, or the widest supported one not wider than
+// TESSERA_SIMD=scalar|avx2|avxvnni|avx512 (read once), or the override below.
 SimdPath active_simd_path();
 // Forces the path for tests and benchmarks; nullopt restores the default. Not thread-safe:
 // call it while no product is running.
@@ -88,7 +90,7 @@ inline void unpack_q4k_scales(const uint8_t* packed, uint8_t sc[8], uint8_t mn[8
 // Activations quantized for one weight format and path. Rows are m rows of k values.
 struct QuantizedActivations {
   int64_t m = 0, k = 0;
-  std::vector<int8_t> q;        // m*k values; stored as q + 128 (u8) when `biased`
+  std::vector<int8_t> q;        // m*k values; stored as q + 128 (u8) when `biased` (VNNI paths, 32-value blocks)
   std::vector<float> d;         // one scale per block (32 or 256 values)
   std::vector<float> s;         // 32-value blocks: d * sum(q) (the signed q)
   std::vector<int16_t> bsum16;  // 256-value blocks: sum(q) over each 16 values
@@ -116,6 +118,7 @@ using RowsKernel = void (*)(const ActView& a, const uint8_t* w, size_t row_bytes
                             int64_t ldy);
 RowsKernel scalar_kernel(DType dtype);
 RowsKernel avx2_kernel(DType dtype);
+RowsKernel avxvnni_kernel(DType dtype);
 RowsKernel avx512vnni_kernel(DType dtype);
 
 }  // namespace detail
