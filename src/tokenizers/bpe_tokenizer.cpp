@@ -412,6 +412,12 @@ bool Tokenizer::is_special(int32_t id) const {
 std::optional<int32_t> Tokenizer::bos_id() const { return impl_->bos; }
 std::optional<int32_t> Tokenizer::eos_id() const { return impl_->eos; }
 std::optional<int32_t> Tokenizer::pad_id() const { return impl_->pad; }
+std::optional<int32_t> Tokenizer::unk_id() const {
+  if (impl_->unk_token) return impl_->unk_token;
+  if (impl_->unk_id >= 0) return impl_->unk_id;
+  return std::nullopt;
+}
+std::optional<int32_t> Tokenizer::eot_id() const { return impl_->eot; }
 const std::string& Tokenizer::source() const { return impl_->source; }
 
 // ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #pragma once
-// Byte-level BPE tokenizer: tiktoken rank files (cl100k_base, DBRX) and Hugging Face
-// tokenizer.json files of model type "BPE" with a ByteLevel alphabet (GPT-2, Llama 3 style).
+// Byte-level BPE tokenizer: tiktoken rank files (cl100k_base, DBRX), Hugging Face
+// tokenizer.json files of model type "BPE" with a ByteLevel alphabet (GPT-2, Llama 3 style),
+// and the "gpt2" tokenizer stored in GGUF metadata (gguf_tokenizer.cpp).
 //
 // Encoding: special/added tokens are cut out of the text first (leftmost, longest first), the
 // rest is split by the pre-tokenizer regex (PCRE2, UTF + UCP, JIT when available), and each
@@ -25,6 +26,8 @@
 
 namespace tessera {
 
+class GgufFile;
+
 // The cl100k_base pre-tokenizer (GPT-4, DBRX).
 inline constexpr std::string_view kCl100kPattern =
     R"('(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+)";
@@ -48,6 +51,11 @@ class Tokenizer {
   // The same from text in memory; name_for_errors stands for the file in error messages.
   static Tokenizer from_tokenizer_json_text(std::string_view json, std::string_view name_for_errors);
 
+  // The tokenizer stored in a GGUF file's metadata (tokenizer.ggml.model "gpt2": byte-level
+  // BPE). tokenizer.ggml.pre picks the pre-tokenizer regexes as llama.cpp does; control,
+  // unknown and user-defined tokens are matched in text as special/added tokens.
+  static Tokenizer from_gguf(const GgufFile& file);
+
   // The tokenizer of a model folder: tokenizer.json, else a *.tiktoken file (cl100k pattern),
   // else the installed cl100k_base. bos/eos/pad come from tokenizer_config.json when present.
   static Tokenizer load_for_model(const std::filesystem::path& model_dir);
@@ -68,6 +76,8 @@ class Tokenizer {
   std::optional<int32_t> bos_id() const;
   std::optional<int32_t> eos_id() const;
   std::optional<int32_t> pad_id() const;
+  std::optional<int32_t> unk_id() const;
+  std::optional<int32_t> eot_id() const;  // end of turn (GGUF tokenizer.ggml.eot_token_id)
 
   // Where this tokenizer came from, for messages.
   const std::string& source() const;

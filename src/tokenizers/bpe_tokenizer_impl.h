@@ -125,6 +125,10 @@ struct PreTokenizeStep {
   bool add_prefix_space = false;  // kByteLevel
 };
 
+// The raw bytes a GPT-2 byte-level vocab string stands for ("\u0120the" -> " the");
+// nullopt when it is not byte-level text.
+std::optional<std::string> byte_level_decode(std::string_view s);
+
 enum class TokenKind : uint8_t { kNone = 0, kRegular = 1, kAdded = 2, kSpecial = 3 };
 
 struct Tokenizer::Impl {
@@ -142,6 +146,7 @@ struct Tokenizer::Impl {
   int32_t unk_id = -1;
   bool fuse_unk = false;
   std::optional<int32_t> bos, eos, pad;
+  std::optional<int32_t> unk_token, eot;  // reported ids only (unk_id above drives encoding)
 
   // Builds index, byte_token and the added-token lookup once tokens/kinds/added are set.
   void finish_tables();

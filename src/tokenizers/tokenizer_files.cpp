@@ -520,6 +520,12 @@ std::shared_ptr<Tokenizer::Impl> parse_tokenizer_json(std::string_view text, std
   return im;
 }
 
+}  // namespace
+
+std::optional<std::string> byte_level_decode(std::string_view s) { return byte_level_alphabet().decode(s); }
+
+namespace {
+
 // ----------------------------------------------------------------------------------------
 // Model folders
 
