@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/cpu/quant.h"
 
@@ -25,9 +26,16 @@ TS_INLINE __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast
 
 // The 32 nibbles of a 16-byte Q4_0/Q4_1 block in element order (low nibbles first).
 TS_INLINE __m256i nibbles32(const uint8_t* qs) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i mask = _mm_set1_epi8(15);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+  // The 16 bytes in both halves, the upper half shifted down a nibble: loads and shifts only.
+  const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+  return _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(15));
+}
+
+// An f16 value broadcast to all eight lanes.
+TS_INLINE __m256 broadcast_f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, sizeof(h));
+  return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h)));
 }
 
 // One activation row's arrays (see QuantizedActivations).
@@ -66,7 +74,7 @@ struct FmtQ8_0 {
   };
   static TS_INLINE W load(const uint8_t* p) {
     const __m256i q = load256(p + 2);
-    return {_mm256_abs_epi8(q), q, _mm256_set1_ps(load_f16(p))};
+    return {_mm256_abs_epi8(q), q, broadcast_f16(p)};
   }
   static TS_INLINE void accum(Acc& acc, const W& w, const ActRow& a, int64_t b) {
     const __m256i prod = _mm256_maddubs_epi16(w.abs_w, _mm256_sign_epi8(load256(a.q + 32 * b), w.w));
@@ -82,18 +90,19 @@ struct Nibbles {
   static constexpr int64_t kBlock = 32, kBytes = kBytes_;
   struct W {
     __m256i q;
-    __m256 d;
-    float m;
+    __m256 d, m;
   };
   static TS_INLINE W load(const uint8_t* p) {
-    const float d = load_f16(p);
-    return {nibbles32(p + kNibbles), _mm256_set1_ps(d), kNibbles == 2 ? -8.0f * d : load_f16(p + 2)};
+    const __m256 d = broadcast_f16(p);
+    return {nibbles32(p + kNibbles), d, kNibbles == 2 ? _mm256_mul_ps(d, _mm256_set1_ps(-8.0f)) : broadcast_f16(p + 2)};
   }
   static TS_INLINE void accum(Acc& acc, const W& w, const ActRow& a, int64_t b) {
     const __m256i prod = _mm256_maddubs_epi16(w.q, load256(a.q + 32 * b));
     const __m256i sum = _mm256_madd_epi16(prod, _mm256_set1_epi16(1));
     acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(_mm256_broadcast_ss(a.d + b), w.d), acc.v);
-    acc.m += w.m * a.s[b];
+    // The offset term m * d_a * sum(q_a) goes into lane 0 (the lanes are summed at the end),
+    // keeping the accumulators in vector registers.
+    acc.v = _mm256_fmadd_ps(w.m, _mm256_zextps128_ps256(_mm_load_ss(a.s + b)), acc.v);
   }
 };
 using FmtQ4_0 = Nibbles<18, 2>;
@@ -119,7 +128,7 @@ struct FmtQ4_K {
       w.lo[c] = _mm256_and_si256(q, mask);
       w.hi[c] = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
     }
-    w.d = _mm256_set1_ps(load_f16(p));
+    w.d = broadcast_f16(p);
     w.neg_dmin = _mm256_set1_ps(-load_f16(p + 2));
     return w;
   }
@@ -157,10 +166,19 @@ struct FmtQ6_K {
       w.q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2));
     }
-    const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
-    for (int c = 0; c < 8; ++c) w.sc[c] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * c + 1]), _mm_set1_epi16(sc[2 * c]));
-    w.sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc)));
-    w.d = _mm256_set1_ps(load_f16(p + 208));
+    w.sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192)));
+    // Chunk c wants scale 2c in its low half and 2c+1 in its high half: shuffle the int16
+    // scales of its half of the block (0-7 or 8-15) into place.
+    const __m256i halves[2] = {_mm256_permute2x128_si256(w.sc16, w.sc16, 0x00),
+                               _mm256_permute2x128_si256(w.sc16, w.sc16, 0x11)};
+    for (int c = 0; c < 8; ++c) {
+      const char lo = static_cast<char>(4 * (c % 4)), hi = static_cast<char>(4 * (c % 4) + 2);
+      const __m256i pick = _mm256_setr_epi8(lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo,
+                                            lo + 1, lo, lo + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi,
+                                            hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1);
+      w.sc[c] = _mm256_shuffle_epi8(halves[c / 4], pick);
+    }
+    w.d = broadcast_f16(p + 208);
     return w;
   }
   static TS_INLINE void accum(Acc& acc, const W& w, const ActRow& a, int64_t b) {

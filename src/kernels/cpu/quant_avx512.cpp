@@ -38,9 +38,9 @@ TS_AVX512_INLINE __m512 pair_ps(float a, float b) {
 
 // The 32 nibbles of a 16-byte Q4_0/Q4_1 block in element order (low nibbles first).
 TS_AVX512_INLINE __m256i nibbles32(const uint8_t* qs) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i mask = _mm_set1_epi8(15);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+  // The 16 bytes in both halves, the upper half shifted down a nibble: loads and shifts only.
+  const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+  return _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(15));
 }
 
 // ---- Q8_0, Q4_0, Q4_1 --------------------------------------------------------------------

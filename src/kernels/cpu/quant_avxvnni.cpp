@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "kernels/cpu/quant.h"
 
@@ -28,9 +29,16 @@ TS_VNNI_INLINE float hsum(__m256 v) {
 TS_VNNI_INLINE __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 TS_VNNI_INLINE __m256i nibbles32(const uint8_t* qs) {
-  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
-  const __m128i mask = _mm_set1_epi8(15);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), mask), _mm_and_si128(raw, mask));
+  // The 16 bytes in both halves, the upper half shifted down a nibble: loads and shifts only.
+  const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
+  return _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(15));
+}
+
+// An f16 value broadcast to all eight lanes.
+TS_VNNI_INLINE __m256 broadcast_f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, sizeof(h));
+  return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h)));
 }
 
 struct ActRow {
@@ -74,7 +82,7 @@ struct Fmt32 {
     if constexpr (kType == DType::Q4_1) w.q = nibbles32(p + 4);
     const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80));
     w.neg_bias = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), bias, w.q));
-    w.d = _mm256_set1_ps(load_f16(p));
+    w.d = broadcast_f16(p);
     w.m = kType == DType::Q4_1 ? load_f16(p + 2) : 0.0f;
     return w;
   }
@@ -105,7 +113,7 @@ struct FmtQ4_K {
       w.lo[c] = _mm256_and_si256(q, mask);
       w.hi[c] = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
     }
-    w.d = _mm256_set1_ps(load_f16(p));
+    w.d = broadcast_f16(p);
     w.neg_dmin = _mm256_set1_ps(-load_f16(p + 2));
     return w;
   }
@@ -144,13 +152,20 @@ struct FmtQ6_K {
       w.q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                        _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2));
     }
-    const auto* sc = reinterpret_cast<const int8_t*>(p + 192);
-    for (int c = 0; c < 8; ++c)
-      w.sc[c] = _mm256_set_m128i(_mm_set1_epi32(static_cast<uint16_t>(sc[2 * c + 1])),
-                                 _mm_set1_epi32(static_cast<uint16_t>(sc[2 * c])));
-    w.nsc16 = _mm256_mullo_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc))),
-                                 _mm256_set1_epi16(-32));
-    w.d = _mm256_set1_ps(load_f16(p + 208));
+    const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192)));
+    // Chunk c wants scale 2c in the low int16 of its lanes 0-3 and 2c+1 in lanes 4-7 (the high
+    // int16 zero): shuffle the int16 scales of its half of the block (0-7 or 8-15) into place.
+    const __m256i halves[2] = {_mm256_permute2x128_si256(sc16, sc16, 0x00),
+                               _mm256_permute2x128_si256(sc16, sc16, 0x11)};
+    const char z = static_cast<char>(0x80);
+    for (int c = 0; c < 8; ++c) {
+      const char lo = static_cast<char>(4 * (c % 4)), hi = static_cast<char>(4 * (c % 4) + 2);
+      const __m256i pick = _mm256_setr_epi8(lo, lo + 1, z, z, lo, lo + 1, z, z, lo, lo + 1, z, z, lo, lo + 1, z, z, hi,
+                                            hi + 1, z, z, hi, hi + 1, z, z, hi, hi + 1, z, z, hi, hi + 1, z, z);
+      w.sc[c] = _mm256_shuffle_epi8(halves[c / 4], pick);
+    }
+    w.nsc16 = _mm256_mullo_epi16(sc16, _mm256_set1_epi16(-32));
+    w.d = broadcast_f16(p + 208);
     return w;
   }
   static TS_VNNI_INLINE void accum(Acc& acc, const W& w, const ActRow& a, int64_t b) {
