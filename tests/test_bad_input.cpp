@@ -59,7 +59,7 @@ std::string score(const fs::path& dir, const std::string& tokens = "1,2,3") {
 
 TEST(BadInput, MissingFolderConfigAndWeights) {
   TempDir tmp;
-  expect_one_line_error(run_tessera(score(tmp / "nope")), "no such model folder", (tmp / "nope").string());
+  expect_one_line_error(run_tessera(score(tmp / "nope")), "no such model file or folder", (tmp / "nope").string());
   fs::path dir = copy_fixture(tmp);
   fs::remove(dir / "config.json");
   expect_one_line_error(run_tessera(score(dir)), "config.json is missing", dir.string());

@@ -9,7 +9,7 @@
 #include "cli/commands.h"
 #include "cli/llm_options.h"
 #include "serving/generate.h"
-#include "tokenizers/chat_template.h"
+#include "serving/chat_format.h"
 
 namespace tessera::cli {
 
@@ -27,8 +27,10 @@ void register_chat(CLI::App& app) {
   cmd->callback([opts] {
     opts->model.apply_threads();
     const SamplingParams sampling = opts->sampling.get();
-    auto model = load_language_model(opts->model.model);
-    Tokenizer tokenizer = Tokenizer::load_for_model(opts->model.model);
+    LoadedModel loaded = opts->model.load();
+    auto& model = loaded.model;
+    const Tokenizer& tokenizer = loaded.tokenizer;
+    const ChatFormat format = ChatFormat::from_template(load_chat_template(loaded.path));
     const bool interactive = isatty(STDIN_FILENO);
     std::vector<ChatMessage> history;
     if (!opts->system.empty()) history.push_back({"system", opts->system});
@@ -49,7 +51,7 @@ void register_chat(CLI::App& app) {
       if (line.empty()) continue;
       history.push_back({"user", line});
       GenerationRequest request;
-      request.prompt = tokenizer.encode(apply_chatml(history, true, std::nullopt));
+      request.prompt = tokenizer.encode(format.render(history, true));
       request.sampling = sampling;
       request.stop_token_ids = default_stop_tokens(tokenizer);
       if (static_cast<int64_t>(request.prompt.size()) >= model->info().max_seq_len) {

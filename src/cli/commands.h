@@ -11,5 +11,7 @@ void register_score(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_models(CLI::App& app);
 void register_init(CLI::App& app);
+void register_quantize(CLI::App& app);
+void register_perf(CLI::App& app);
 
 }  // namespace tessera::cli

@@ -4,12 +4,34 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "models/llm/quantize.h"
 
 namespace tessera::cli {
 
 void ModelOptions::add(CLI::App& cmd) {
-  cmd.add_option("-m,--model", model, "Model folder (Hugging Face layout with config.json)")->required();
+  cmd.add_option("-m,--model", model,
+                 "Model: a Hugging Face folder, a .gguf file, or the name of an installed model")
+      ->capture_default_str();
+  cmd.add_option("-q,--quantize", quantize, "Quantize the weights when loading: q8_0, q4_0 or q4_1");
   cmd.add_option("-t,--threads", threads, "Worker threads (default: all cores)")->check(CLI::NonNegativeNumber);
+}
+
+LoadedModel ModelOptions::load() const {
+  const auto path = resolve_model_path(model);
+  if (!std::filesystem::exists(path)) {
+    if (model == kDefaultChatModel)
+      fail("{}: the default model is not installed (run scripts/setup)", model);
+    fail("{}: no such model file or folder", model);
+  }
+  std::optional<DType> target;
+  if (!quantize.empty()) {
+    target = dtype_from_name(quantize);
+    if (!target || (*target != DType::Q8_0 && *target != DType::Q4_0 && *target != DType::Q4_1))
+      fail("--quantize: '{}' is not one of q8_0, q4_0, q4_1", quantize);
+  }
+  LoadedModel loaded{path, load_language_model(path), load_model_tokenizer(path)};
+  if (target) loaded.model = quantize_model(*loaded.model, *target);
+  return loaded;
 }
 
 void ModelOptions::apply_threads() const {

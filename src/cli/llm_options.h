@@ -1,19 +1,34 @@
 #pragma once
 // Flags shared by the commands that run a language model.
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
+#include "models/llm/language_model.h"
 #include "serving/sampling.h"
+#include "tokenizers/bpe_tokenizer.h"
 
 namespace tessera::cli {
 
+// The default chat model that scripts/setup installs.
+inline constexpr const char* kDefaultChatModel = "smollm2-135m-instruct";
+
+struct LoadedModel {
+  std::filesystem::path path;
+  std::unique_ptr<LanguageModel> model;
+  Tokenizer tokenizer;
+};
+
 struct ModelOptions {
-  std::string model;
+  std::string model = kDefaultChatModel;
+  std::string quantize;  // load-time quantization target, empty: as stored
   int threads = 0;
   void add(CLI::App& cmd);
   void apply_threads() const;  // before any parallel work
+  LoadedModel load() const;    // resolves the name, loads model and tokenizer, quantizes
 };
 
 struct SamplingOptions {

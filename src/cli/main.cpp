@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   tessera::cli::register_tokenize(app);
   tessera::cli::register_models(app);
   tessera::cli::register_init(app);
+  tessera::cli::register_quantize(app);
+  tessera::cli::register_perf(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -22,7 +22,7 @@ void register_score(CLI::App& app) {
   cmd->callback([opts] {
     opts->model.apply_threads();
     const auto ids = parse_token_list(opts->tokens);
-    auto model = load_language_model(opts->model.model);
+    auto model = opts->model.load().model;
     KvCache cache = model->new_cache();
     Tensor logits = model->forward(ids, cache, true);
     const int64_t vocab = logits.dim(1);

@@ -10,6 +10,7 @@
 #include "cli/commands.h"
 #include "cli/llm_options.h"
 #include "core/error.h"
+#include "models/llm/language_model.h"
 #include "tokenizers/bpe_tokenizer.h"
 
 namespace tessera::cli {
@@ -28,7 +29,7 @@ void register_tokenize(CLI::App& app) {
   tok->add_flag("--count", opts->count, "Print only the number of tokens (and the encoding speed on stderr)");
   tok->callback([opts] {
     if (opts->file.empty() && opts->text.empty()) fail("tokenize: give --text TEXT or --file PATH");
-    Tokenizer tokenizer = Tokenizer::load_for_model(opts->model);
+    Tokenizer tokenizer = load_model_tokenizer(resolve_model_path(opts->model));
     std::string input = opts->text;
     if (!opts->file.empty()) {
       std::ifstream in(opts->file, std::ios::binary);
@@ -50,7 +51,7 @@ void register_tokenize(CLI::App& app) {
   detok->add_option("-m,--model", opts->model, "Model folder")->required();
   detok->add_option("--tokens", opts->tokens, "Comma-separated token ids")->required();
   detok->callback([opts] {
-    Tokenizer tokenizer = Tokenizer::load_for_model(opts->model);
+    Tokenizer tokenizer = load_model_tokenizer(resolve_model_path(opts->model));
     const std::string text = tokenizer.decode(parse_token_list(opts->tokens));
     std::fwrite(text.data(), 1, text.size(), stdout);
     std::fputc('\n', stdout);

@@ -1,13 +1,20 @@
 #include "core/thread_pool.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
-#include <memory>
+#include <chrono>
 
 namespace tessera {
 
 namespace {
 thread_local bool t_inside_task = false;
 size_t g_requested_threads = 0;
+
+// How long an idle worker polls for the next task before it sleeps. Decoding issues hundreds
+// of small loops per token; a worker that has to be woken by the kernel costs more than the
+// loop itself, so workers stay awake briefly between loops.
+constexpr auto kSpin = std::chrono::microseconds(200);
 }  // namespace
 
 ThreadPool::ThreadPool(size_t threads) {
@@ -19,6 +26,7 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard lock(mutex_);
     stop_ = true;
+    generation_atomic_.fetch_add(1);
   }
   wake_.notify_all();
   for (auto& worker : workers_) worker.join();
@@ -37,16 +45,25 @@ void ThreadPool::run_chunks() {
 void ThreadPool::worker_loop(size_t) {
   uint64_t seen = 0;
   for (;;) {
-    {
-      std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+    // Poll, then sleep.
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    int polls = 0;
+    while (generation_atomic_.load(std::memory_order_acquire) == seen) {
+      _mm_pause();
+      if (++polls % 64 == 0 && std::chrono::steady_clock::now() > until) {
+        std::unique_lock lock(mutex_);
+        ++sleepers_;
+        wake_.wait(lock, [&] { return generation_atomic_.load(std::memory_order_acquire) != seen; });
+        --sleepers_;
+        break;
+      }
     }
+    seen = generation_atomic_.load(std::memory_order_acquire);
+    if (stop_) return;
     run_chunks();
-    {
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      done_.notify_one();
     }
   }
 }
@@ -61,20 +78,29 @@ void ThreadPool::parallel_for(size_t n, size_t grain, const std::function<void(s
   std::lock_guard call_lock(call_mutex_);
   const size_t threads = size();
   // A few chunks per thread balances uneven work without much scheduling overhead.
-  size_t chunk = std::max(grain, (n + threads * 4 - 1) / (threads * 4));
+  const size_t chunk = std::max(grain, (n + threads * 4 - 1) / (threads * 4));
+  task_ = &fn;
+  task_n_ = n;
+  chunk_ = chunk;
+  next_.store(0, std::memory_order_relaxed);
+  pending_.store(workers_.size(), std::memory_order_relaxed);
+  bool wake = false;
   {
     std::lock_guard lock(mutex_);
-    task_ = &fn;
-    task_n_ = n;
-    chunk_ = chunk;
-    next_.store(0);
-    pending_ = workers_.size();
-    ++generation_;
+    generation_atomic_.fetch_add(1, std::memory_order_release);
+    wake = sleepers_ > 0;
   }
-  wake_.notify_all();
+  if (wake) wake_.notify_all();
   run_chunks();
-  std::unique_lock lock(mutex_);
-  done_.wait(lock, [&] { return pending_ == 0; });
+  // Workers finish their last chunk; spin briefly, then wait.
+  int polls = 0;
+  while (pending_.load(std::memory_order_acquire) != 0) {
+    _mm_pause();
+    if (++polls > 20000) {
+      std::unique_lock lock(mutex_);
+      done_.wait_for(lock, std::chrono::microseconds(100), [&] { return pending_.load() == 0; });
+    }
+  }
   task_ = nullptr;
 }
 

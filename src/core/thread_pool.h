@@ -40,9 +40,10 @@ class ThreadPool {
   size_t task_n_ = 0;
   size_t chunk_ = 0;
   std::atomic<size_t> next_{0};
-  size_t pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<size_t> pending_{0};
+  std::atomic<uint64_t> generation_atomic_{0};
+  size_t sleepers_ = 0;  // guarded by mutex_
+  std::atomic<bool> stop_{false};
   std::mutex call_mutex_;
 };
 

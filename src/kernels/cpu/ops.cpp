@@ -65,24 +65,61 @@ void silu_mul(float* a, const float* b, int64_t n) {
   }
 }
 
+namespace {
+// cos/sin of pos * inv_freq[i] for i < half. The angle is a float32 product, as the references
+// compute it, so long positions round the same way.
+struct RopeAngles {
+  RopeAngles(int64_t half, int64_t pos, const float* inv_freq) {
+    if (half > 512) {
+      heap_cos.resize(half);
+      heap_sin.resize(half);
+      c = heap_cos.data();
+      s = heap_sin.data();
+    }
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(pos) * inv_freq[i];
+      c[i] = std::cos(angle);
+      s[i] = std::sin(angle);
+    }
+  }
+  float stack_cos[512], stack_sin[512];
+  std::vector<float> heap_cos, heap_sin;
+  float* c = stack_cos;
+  float* s = stack_sin;
+};
+}  // namespace
+
+void rope_interleaved(float* x, int64_t heads, int64_t head_dim, int64_t pos, const float* inv_freq) {
+  const int64_t half = head_dim / 2;
+  RopeAngles a(half, pos, inv_freq);
+  for (int64_t h = 0; h < heads; ++h) {
+    float* v = x + h * head_dim;
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = v[2 * i], x2 = v[2 * i + 1];
+      v[2 * i] = x1 * a.c[i] - x2 * a.s[i];
+      v[2 * i + 1] = x2 * a.c[i] + x1 * a.s[i];
+    }
+  }
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += a * x[i];
+}
+
+void add_inplace(float* y, const float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_loadu_ps(x + i)));
+  for (; i < n; ++i) y[i] += x[i];
+}
+
 void rope_rotate_half(float* x, int64_t heads, int64_t head_dim, int64_t pos, const float* inv_freq) {
   const int64_t half = head_dim / 2;
-  float cos_v[512], sin_v[512];
-  std::vector<float> big_cos, big_sin;
-  float* c = cos_v;
-  float* s = sin_v;
-  if (half > 512) {
-    big_cos.resize(half);
-    big_sin.resize(half);
-    c = big_cos.data();
-    s = big_sin.data();
-  }
-  for (int64_t i = 0; i < half; ++i) {
-    // float32 product as the reference computes it, so long positions round the same way.
-    const float angle = static_cast<float>(pos) * inv_freq[i];
-    c[i] = std::cos(angle);
-    s[i] = std::sin(angle);
-  }
+  RopeAngles a(half, pos, inv_freq);
+  const float* c = a.c;
+  const float* s = a.s;
   for (int64_t h = 0; h < heads; ++h) {
     float* v = x + h * head_dim;
     for (int64_t i = 0; i < half; ++i) {

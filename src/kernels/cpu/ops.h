@@ -21,6 +21,14 @@ void silu_mul(float* a, const float* b, int64_t n);
 // place to `heads` consecutive heads of one token at position `pos`.
 void rope_rotate_half(float* x, int64_t heads, int64_t head_dim, int64_t pos, const float* inv_freq);
 
+// The same rotation with pairs (2i, 2i + 1), as GGUF llama files expect.
+void rope_interleaved(float* x, int64_t heads, int64_t head_dim, int64_t pos, const float* inv_freq);
+
+// y += a * x
+void axpy(float a, const float* x, float* y, int64_t n);
+// y += x
+void add_inplace(float* y, const float* x, int64_t n);
+
 // Clamps every value to [-limit, limit].
 void clamp(float* x, int64_t n, float limit);
 

@@ -3,11 +3,13 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
 #include "core/tensor.h"
+#include "tokenizers/bpe_tokenizer.h"
 
 namespace tessera {
 
@@ -70,8 +72,20 @@ class LanguageModel {
   virtual size_t weight_bytes() const = 0;
 };
 
-// Loads the model in `path` (a Hugging Face folder with config.json), choosing the
-// architecture from config.json's model_type.
+// Where a --model argument points: an existing file or folder as given, else a folder of that
+// name under models_dir() (so `--model smollm2-135m-instruct` finds the installed model).
+std::filesystem::path resolve_model_path(const std::string& name_or_path);
+
+// Loads a model: a Hugging Face folder with config.json (model_type picks the architecture), a
+// .gguf file, or a folder holding one .gguf file (with or without tokenizer files beside it).
 std::unique_ptr<LanguageModel> load_language_model(const std::filesystem::path& path);
+
+// The tokenizer that goes with load_language_model(path): tokenizer files in the folder when
+// present, else the one stored in the GGUF file, else the installed cl100k_base.
+Tokenizer load_model_tokenizer(const std::filesystem::path& path);
+
+// The model's chat template text, if its files carry one (GGUF tokenizer.chat_template or
+// tokenizer_config.json chat_template).
+std::optional<std::string> load_chat_template(const std::filesystem::path& path);
 
 }  // namespace tessera

@@ -1,0 +1,225 @@
+#include "models/llm/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
+
+namespace tessera {
+
+using kernels::WeightMatrix;
+
+namespace {
+
+size_t tensor_bytes(const Tensor& t) { return t.defined() ? t.nbytes() : 0; }
+
+// One row of an embedding table as f32, whatever its storage type.
+void embedding_row(const Tensor& table, int32_t id, float* out) {
+  const int64_t d = table.dim(1);
+  const auto* base = static_cast<const std::byte*>(table.raw()) + dtype_bytes(table.dtype(), static_cast<size_t>(id) * d);
+  if (dtype_is_quantized(table.dtype()))
+    kernels::dequantize_row(table.dtype(), base, out, d);
+  else
+    convert_to_f32(table.dtype(), base, out, static_cast<size_t>(d));
+}
+
+}  // namespace
+
+DecoderModel::DecoderModel(DecoderConfig config, DecoderWeights weights, std::string name,
+                           std::shared_ptr<void> keep_alive)
+    : config_(std::move(config)), weights_(std::move(weights)), keep_alive_(std::move(keep_alive)) {
+  const auto& c = config_;
+  info_.architecture = c.architecture;
+  info_.name = std::move(name);
+  info_.vocab_size = c.vocab_size;
+  info_.max_seq_len = c.max_seq_len;
+  info_.n_layers = c.n_layers;
+  info_.kv_heads = c.kv_heads;
+  info_.head_dim = c.head_dim;
+  info_.parameters = c.parameters;
+  info_.active_parameters = c.active_parameters;
+  weight_bytes_ = tensor_bytes(weights_.embedding) + tensor_bytes(weights_.final_norm);
+  if (weights_.lm_head.raw() != weights_.embedding.raw()) weight_bytes_ += tensor_bytes(weights_.lm_head);
+  for (const auto& l : weights_.layers)
+    for (const Tensor* t : {&l.attn_norm, &l.wqkv, &l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_norm, &l.router, &l.gate, &l.up,
+                            &l.down})
+      weight_bytes_ += tensor_bytes(*t);
+  const int64_t half = c.head_dim / 2;
+  inv_freq_.resize(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    // float32 arithmetic, matching how the references build their inverse frequencies.
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
+    inv_freq_[i] = 1.0f / std::pow(static_cast<float>(c.rope_theta), exponent);
+  }
+}
+
+void DecoderModel::norm(const Tensor& weight, const float* x, int64_t rows, float* y) const {
+  const int64_t d = config_.d_model;
+  const WeightMatrix w{weight.raw(), weight.dtype(), 1, d};
+  if (config_.norm == NormKind::LayerNorm)
+    kernels::layer_norm(x, rows, d, w, config_.norm_eps, y);
+  else
+    kernels::rms_norm(x, rows, d, w, config_.norm_eps, y);
+}
+
+void DecoderModel::rope(float* x, int64_t heads, int64_t pos) const {
+  if (config_.rope == RopeStyle::RotateHalf)
+    kernels::rope_rotate_half(x, heads, config_.head_dim, pos, inv_freq_.data());
+  else
+    kernels::rope_interleaved(x, heads, config_.head_dim, pos, inv_freq_.data());
+}
+
+void DecoderModel::attention(int64_t layer, const float* x, int64_t n, KvCache& cache, float* out) {
+  const auto& c = config_;
+  const auto& lw = weights_.layers[layer];
+  const int64_t hd = c.head_dim, nh = c.n_heads, nkv = c.kv_heads;
+  const int64_t qkv_dim = (nh + 2 * nkv) * hd;
+  const int64_t start = cache.length();
+
+  std::vector<float> qkv(static_cast<size_t>(n * qkv_dim));
+  if (lw.wqkv.defined()) {
+    kernels::matmul_nt(x, n, WeightMatrix::of(lw.wqkv), qkv.data());
+  } else {
+    // Separate projections, scattered into the fused row layout [q | k | v].
+    std::vector<float> part;
+    int64_t offset = 0;
+    for (const Tensor* w : {&lw.wq, &lw.wk, &lw.wv}) {
+      const int64_t width = w->dim(0);
+      part.resize(static_cast<size_t>(n * width));
+      kernels::matmul_nt(x, n, WeightMatrix::of(*w), part.data());
+      for (int64_t t = 0; t < n; ++t) std::copy_n(part.data() + t * width, width, qkv.data() + t * qkv_dim + offset);
+      offset += width;
+    }
+  }
+  if (c.clip_qkv) kernels::clamp(qkv.data(), n * qkv_dim, *c.clip_qkv);
+
+  for (int64_t t = 0; t < n; ++t) {
+    float* row = qkv.data() + t * qkv_dim;
+    rope(row, nh, start + t);
+    rope(row + nh * hd, nkv, start + t);
+    std::copy_n(row + nh * hd, nkv * hd, cache.keys(layer, start + t));
+    std::copy_n(row + (nh + nkv) * hd, nkv * hd, cache.values(layer, start + t));
+  }
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int64_t group = nh / nkv;
+  std::vector<float> context(static_cast<size_t>(n * nh * hd));
+  const size_t work_per_job = static_cast<size_t>((start + n) * hd);
+  parallel_for(static_cast<size_t>(n * nh), std::max<size_t>(1, 16384 / std::max<size_t>(1, work_per_job)),
+               [&](size_t begin, size_t end) {
+    std::vector<float> scores(static_cast<size_t>(start + n));
+    for (size_t job = begin; job < end; ++job) {
+      const int64_t t = static_cast<int64_t>(job) / nh, h = static_cast<int64_t>(job) % nh, kvh = h / group;
+      const int64_t visible = start + t + 1;  // causal: positions 0..start+t
+      const float* q = qkv.data() + t * qkv_dim + h * hd;
+      for (int64_t j = 0; j < visible; ++j) scores[j] = kernels::dot_f32(q, cache.keys(layer, j) + kvh * hd, hd) * scale;
+      kernels::softmax(scores.data(), visible);
+      float* ctx = context.data() + (t * nh + h) * hd;
+      std::fill(ctx, ctx + hd, 0.0f);
+      for (int64_t j = 0; j < visible; ++j) kernels::axpy(scores[j], cache.values(layer, j) + kvh * hd, ctx, hd);
+    }
+  });
+  kernels::matmul_nt(context.data(), n, WeightMatrix::of(lw.wo), out);
+}
+
+void DecoderModel::dense_mlp(int64_t layer, const float* x, int64_t n, float* out) {
+  const auto& lw = weights_.layers[layer];
+  const int64_t f = config_.ffn_hidden;
+  std::vector<float> gate(static_cast<size_t>(n * f)), up(gate.size());
+  kernels::matmul_nt(x, n, WeightMatrix::of(lw.gate), gate.data());
+  kernels::matmul_nt(x, n, WeightMatrix::of(lw.up), up.data());
+  kernels::silu_mul(gate.data(), up.data(), n * f);
+  kernels::matmul_nt(gate.data(), n, WeightMatrix::of(lw.down), out);
+}
+
+void DecoderModel::experts(int64_t layer, const float* x, int64_t n, float* out) {
+  const auto& c = config_;
+  const auto& lw = weights_.layers[layer];
+  const int64_t d = c.d_model, ne = c.n_experts, k = c.top_k, f = c.ffn_hidden;
+
+  // Router: softmax over all experts, keep the top k, optionally renormalise by their p-norm.
+  std::vector<float> probs(static_cast<size_t>(n * ne));
+  kernels::matmul_nt(x, n, WeightMatrix::of(lw.router), probs.data());
+  std::vector<std::vector<std::pair<int64_t, float>>> routed(static_cast<size_t>(ne));  // expert -> (token, weight)
+  std::vector<int64_t> order(static_cast<size_t>(ne));
+  for (int64_t t = 0; t < n; ++t) {
+    float* p = probs.data() + t * ne;
+    kernels::softmax(p, ne);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return p[a] > p[b]; });
+    float norm = 1.0f;
+    if (c.expert_weight_norm_p) {
+      const double pw = *c.expert_weight_norm_p;
+      double acc = 0;
+      for (int64_t i = 0; i < k; ++i) acc += std::pow(std::fabs(static_cast<double>(p[order[i]])), pw);
+      norm = static_cast<float>(std::pow(acc, 1.0 / pw));
+    }
+    for (int64_t i = 0; i < k; ++i) routed[order[i]].push_back({t, p[order[i]] / norm});
+  }
+
+  std::fill(out, out + n * d, 0.0f);
+  const WeightMatrix gate = WeightMatrix::of(lw.gate), up = WeightMatrix::of(lw.up), down = WeightMatrix::of(lw.down);
+  std::vector<float> xs, g, u, o;
+  for (int64_t e = 0; e < ne; ++e) {
+    const auto& tokens = routed[e];
+    if (tokens.empty()) continue;
+    const int64_t m = static_cast<int64_t>(tokens.size());
+    xs.resize(static_cast<size_t>(m * d));
+    for (int64_t i = 0; i < m; ++i) std::copy_n(x + tokens[i].first * d, d, xs.data() + i * d);
+    g.resize(static_cast<size_t>(m * f));
+    u.resize(static_cast<size_t>(m * f));
+    o.resize(static_cast<size_t>(m * d));
+    kernels::matmul_nt(xs.data(), m, gate.row_block(e * f, (e + 1) * f), g.data());
+    kernels::matmul_nt(xs.data(), m, up.row_block(e * f, (e + 1) * f), u.data());
+    kernels::silu_mul(g.data(), u.data(), m * f);
+    if (lw.down_is_nn)
+      kernels::matmul_nn(g.data(), m, down.row_block(e * f, (e + 1) * f), o.data(), false);
+    else
+      kernels::matmul_nt(g.data(), m, down.row_block(e * d, (e + 1) * d), o.data());
+    for (int64_t i = 0; i < m; ++i) kernels::axpy(tokens[i].second, o.data() + i * d, out + tokens[i].first * d, d);
+  }
+}
+
+Tensor DecoderModel::forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) {
+  const auto& c = config_;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) fail("forward: no tokens");
+  const int64_t start = cache.length();
+  if (start + n > c.max_seq_len)
+    fail("{}: sequence of {} tokens exceeds max_seq_len {}", info_.name, start + n, c.max_seq_len);
+  for (int32_t id : tokens)
+    if (id < 0 || id >= c.vocab_size) fail("{}: token id {} is out of range (vocab_size {})", info_.name, id, c.vocab_size);
+  cache.reserve(start + n);
+
+  const int64_t d = c.d_model;
+  std::vector<float> hidden(static_cast<size_t>(n * d)), normed(hidden.size()), branch(hidden.size());
+  for (int64_t t = 0; t < n; ++t) embedding_row(weights_.embedding, tokens[t], hidden.data() + t * d);
+
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const auto& lw = weights_.layers[l];
+    norm(lw.attn_norm, hidden.data(), n, normed.data());
+    attention(l, normed.data(), n, cache, branch.data());
+    kernels::add_inplace(hidden.data(), branch.data(), n * d);
+    norm(lw.ffn_norm, hidden.data(), n, normed.data());
+    if (c.n_experts > 0)
+      experts(l, normed.data(), n, branch.data());
+    else
+      dense_mlp(l, normed.data(), n, branch.data());
+    kernels::add_inplace(hidden.data(), branch.data(), n * d);
+  }
+  cache.advance(n);
+
+  const int64_t first = all_logits ? 0 : n - 1;
+  const int64_t rows = n - first;
+  norm(weights_.final_norm, hidden.data() + first * d, rows, normed.data());
+  Tensor logits = Tensor::empty({rows, c.vocab_size});
+  kernels::matmul_nt(normed.data(), rows, WeightMatrix::of(weights_.lm_head), logits.data<float>());
+  return logits;
+}
+
+}  // namespace tessera
