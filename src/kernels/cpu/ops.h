@@ -26,6 +26,9 @@ void rope_interleaved(float* x, int64_t heads, int64_t head_dim, int64_t pos, co
 
 // y += a * x
 void axpy(float a, const float* x, float* y, int64_t n);
+// The same with x in f16, and a dot product of f32 with f16 (an f16 KV cache).
+void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
+float dot_f32_f16(const float* a, const uint16_t* b, int64_t n);
 // y += x
 void add_inplace(float* y, const float* x, int64_t n);
 

@@ -43,6 +43,8 @@ DecoderModel::DecoderModel(DecoderConfig config, DecoderWeights weights, std::st
   info_.head_dim = c.head_dim;
   info_.parameters = c.parameters;
   info_.active_parameters = c.active_parameters;
+  // Quantized models keep an f16 cache: half the memory, and llama.cpp's default.
+  info_.kv_dtype = !weights_.layers.empty() && dtype_is_quantized(weights_.layers[0].wo.dtype()) ? DType::F16 : DType::F32;
   weight_bytes_ = tensor_bytes(weights_.embedding) + tensor_bytes(weights_.final_norm);
   if (weights_.lm_head.raw() != weights_.embedding.raw()) weight_bytes_ += tensor_bytes(weights_.lm_head);
   for (const auto& l : weights_.layers)
@@ -102,8 +104,7 @@ void DecoderModel::attention(int64_t layer, const float* x, int64_t n, KvCache& 
     float* row = qkv.data() + t * qkv_dim;
     rope(row, nh, start + t);
     rope(row + nh * hd, nkv, start + t);
-    std::copy_n(row + nh * hd, nkv * hd, cache.keys(layer, start + t));
-    std::copy_n(row + (nh + nkv) * hd, nkv * hd, cache.values(layer, start + t));
+    cache.store(layer, start + t, row + nh * hd, row + (nh + nkv) * hd);
   }
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -117,11 +118,30 @@ void DecoderModel::attention(int64_t layer, const float* x, int64_t n, KvCache& 
       const int64_t t = static_cast<int64_t>(job) / nh, h = static_cast<int64_t>(job) % nh, kvh = h / group;
       const int64_t visible = start + t + 1;  // causal: positions 0..start+t
       const float* q = qkv.data() + t * qkv_dim + h * hd;
-      for (int64_t j = 0; j < visible; ++j) scores[j] = kernels::dot_f32(q, cache.keys(layer, j) + kvh * hd, hd) * scale;
-      kernels::softmax(scores.data(), visible);
       float* ctx = context.data() + (t * nh + h) * hd;
       std::fill(ctx, ctx + hd, 0.0f);
-      for (int64_t j = 0; j < visible; ++j) kernels::axpy(scores[j], cache.values(layer, j) + kvh * hd, ctx, hd);
+      if (cache.dtype() == DType::F16) {
+        // With an f16 cache the query and the attention weights are rounded to f16 too, the
+        // way llama.cpp multiplies them, so the two agree closely on the same file.
+        float q16[512];
+        const float* qr = q;
+        if (hd <= 512) {
+          for (int64_t d = 0; d < hd; ++d) q16[d] = f16_to_f32(f32_to_f16(q[d]));
+          qr = q16;
+        }
+        for (int64_t j = 0; j < visible; ++j)
+          scores[j] = kernels::dot_f32_f16(qr, static_cast<const uint16_t*>(cache.keys(layer, j)) + kvh * hd, hd) * scale;
+        kernels::softmax(scores.data(), visible);
+        for (int64_t j = 0; j < visible; ++j)
+          kernels::axpy_f16(f16_to_f32(f32_to_f16(scores[j])), static_cast<const uint16_t*>(cache.values(layer, j)) + kvh * hd,
+                            ctx, hd);
+      } else {
+        for (int64_t j = 0; j < visible; ++j)
+          scores[j] = kernels::dot_f32(q, static_cast<const float*>(cache.keys(layer, j)) + kvh * hd, hd) * scale;
+        kernels::softmax(scores.data(), visible);
+        for (int64_t j = 0; j < visible; ++j)
+          kernels::axpy(scores[j], static_cast<const float*>(cache.values(layer, j)) + kvh * hd, ctx, hd);
+      }
     }
   });
   kernels::matmul_nt(context.data(), n, WeightMatrix::of(lw.wo), out);

@@ -13,23 +13,31 @@
 
 namespace tessera {
 
-KvCache::KvCache(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len)
-    : kv_heads_(kv_heads), head_dim_(head_dim), max_len_(max_len), keys_(layers), values_(layers) {}
+KvCache::KvCache(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len, DType dtype)
+    : kv_heads_(kv_heads), head_dim_(head_dim), max_len_(max_len), dtype_(dtype), keys_(layers), values_(layers) {
+  if (dtype != DType::F32 && dtype != DType::F16) fail("KV cache type must be f32 or f16");
+}
 
 void KvCache::reserve(int64_t tokens) {
   if (tokens <= capacity_) return;
   tokens = std::min(tokens, max_len_);
-  for (auto& k : keys_) k.resize(static_cast<size_t>(tokens * row_size()));
-  for (auto& v : values_) v.resize(static_cast<size_t>(tokens * row_size()));
+  for (auto& k : keys_) k.resize(static_cast<size_t>(tokens * row_bytes()));
+  for (auto& v : values_) v.resize(static_cast<size_t>(tokens * row_bytes()));
   capacity_ = tokens;
+}
+
+void KvCache::store(int64_t layer, int64_t pos, const float* keys, const float* values) {
+  const size_t n = static_cast<size_t>(row_size());
+  convert_from_f32(dtype_, keys, keys_[layer].data() + pos * row_bytes(), n);
+  convert_from_f32(dtype_, values, values_[layer].data() + pos * row_bytes(), n);
 }
 
 void KvCache::truncate(int64_t tokens) { length_ = std::clamp<int64_t>(tokens, 0, length_); }
 
 size_t KvCache::bytes() const {
   size_t total = 0;
-  for (const auto& k : keys_) total += k.capacity() * sizeof(float);
-  for (const auto& v : values_) total += v.capacity() * sizeof(float);
+  for (const auto& k : keys_) total += k.capacity();
+  for (const auto& v : values_) total += v.capacity();
   return total;
 }
 

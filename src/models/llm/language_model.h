@@ -23,15 +23,18 @@ struct LanguageModelInfo {
   int64_t head_dim = 0;
   int64_t parameters = 0;
   int64_t active_parameters = 0;
+  // The KV cache's element type: f32 for float models (exact against their references), f16
+  // for quantized ones (half the memory; llama.cpp's default too).
+  DType kv_dtype = DType::F32;
 };
 
-// Keys and values of every layer for one sequence, f32, [position][kv_head][head_dim]. Grows on
-// demand (reserve() up front avoids reallocation), so memory follows the sequence length rather
-// than max_seq_len.
+// Keys and values of every layer for one sequence, f32 or f16, [position][kv_head][head_dim].
+// Grows on demand (reserve() up front avoids reallocation), so memory follows the sequence
+// length rather than max_seq_len.
 class KvCache {
  public:
   KvCache() = default;
-  KvCache(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len);
+  KvCache(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len, DType dtype = DType::F32);
 
   int64_t length() const { return length_; }
   int64_t capacity() const { return capacity_; }
@@ -42,15 +45,21 @@ class KvCache {
   void truncate(int64_t tokens);  // drop positions >= tokens (for rewinding)
   size_t bytes() const;
 
-  float* keys(int64_t layer, int64_t pos) { return keys_[layer].data() + pos * row_size(); }
-  float* values(int64_t layer, int64_t pos) { return values_[layer].data() + pos * row_size(); }
+  DType dtype() const { return dtype_; }
+  // Stores one position's keys and values (row_size() floats each), converting to dtype().
+  void store(int64_t layer, int64_t pos, const float* keys, const float* values);
+  // Raw rows: f32 or f16 (uint16_t) according to dtype().
+  const void* keys(int64_t layer, int64_t pos) const { return keys_[layer].data() + pos * row_bytes(); }
+  const void* values(int64_t layer, int64_t pos) const { return values_[layer].data() + pos * row_bytes(); }
   // Called by the model after it has written positions [length, length + n).
   void advance(int64_t n) { length_ += n; }
 
  private:
+  int64_t row_bytes() const { return row_size() * static_cast<int64_t>(dtype_size(dtype_)); }
   int64_t kv_heads_ = 0, head_dim_ = 0, max_len_ = 0;
   int64_t length_ = 0, capacity_ = 0;
-  std::vector<std::vector<float>> keys_, values_;
+  DType dtype_ = DType::F32;
+  std::vector<std::vector<std::byte>> keys_, values_;
 };
 
 class LanguageModel {
@@ -60,7 +69,7 @@ class LanguageModel {
 
   KvCache new_cache() const {
     const auto& i = info();
-    return KvCache(i.n_layers, i.kv_heads, i.head_dim, i.max_seq_len);
+    return KvCache(i.n_layers, i.kv_heads, i.head_dim, i.max_seq_len, i.kv_dtype);
   }
 
   // Runs `tokens` after the positions already in `cache`, appending their keys and values.
