@@ -33,9 +33,10 @@ def run_llamacpp(model: str, threads: int, prompt_tokens: int, gen_tokens: int, 
         llm.reset()
         llama_cpp.llama_perf_context_reset(llm.ctx)
         llm.eval(prompt)
+        n_vocab = llm.n_vocab()
         for _ in range(gen_tokens):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            llm.eval([token])
+            last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+            llm.eval([int(np.argmax(last))])
         perf = llama_cpp.llama_perf_context(llm.ctx)
         best_prefill = max(best_prefill, perf.n_p_eval / (perf.t_p_eval_ms / 1000))
         best_decode = max(best_decode, perf.n_eval / (perf.t_eval_ms / 1000))
