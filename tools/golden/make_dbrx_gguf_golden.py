@@ -30,7 +30,11 @@ def byte_tokenizer(folder: pathlib.Path, vocab_size: int) -> None:
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet, key=lambda c: (ord(c) > 255, ord(c))))}
     assert len(vocab) == 256 <= vocab_size, vocab_size
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    merges = []
+    if vocab_size > 256:  # llama.cpp refuses a BPE vocabulary without merges; give it one
+        vocab["Ġt"] = 256
+        merges = [("Ġ", "t")]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.save(str(folder / "tokenizer.json"))
@@ -46,7 +50,7 @@ def convert(model_dir: pathlib.Path, target: pathlib.Path, outtype: str) -> None
     import convert_hf_to_gguf  # noqa: E402
     from conversion import base  # noqa: E402
 
-    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt2"
+    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
     with tempfile.TemporaryDirectory() as tmp:
         folder = pathlib.Path(tmp) / model_dir.name
         folder.mkdir()

@@ -252,7 +252,7 @@ void rows_kernel(const ActView& a, const uint8_t* w, size_t row_bytes, int64_t j
 
 RowsKernel avx2_kernel(DType dtype) {
   switch (dtype) {
-    case DType::Q8_0: return rows_kernel<FmtQ8_0, 4, 2, 2>;
+    case DType::Q8_0: return rows_kernel<FmtQ8_0, 4, 2, 1>;
     case DType::Q4_0: return rows_kernel<FmtQ4_0, 4, 2, 2>;
     case DType::Q4_1: return rows_kernel<FmtQ4_1, 4, 2, 2>;
     case DType::Q4_K: return rows_kernel<FmtQ4_K, 4, 1, 1>;

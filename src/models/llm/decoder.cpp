@@ -184,10 +184,16 @@ void DecoderModel::experts(int64_t layer, const float* x, int64_t n, float* out)
 
   std::fill(out, out + n * d, 0.0f);
   const WeightMatrix gate = WeightMatrix::of(lw.gate), up = WeightMatrix::of(lw.up), down = WeightMatrix::of(lw.down);
-  std::vector<float> xs, g, u, o;
+  std::vector<int64_t> active;
+  size_t most = 0;
   for (int64_t e = 0; e < ne; ++e) {
+    if (!routed[e].empty()) active.push_back(e);
+    most = std::max(most, routed[e].size());
+  }
+  // One expert's whole MLP for its tokens, into o ([tokens, d]).
+  auto run_expert = [&](int64_t e, std::vector<float>& xs, std::vector<float>& g, std::vector<float>& u,
+                        std::vector<float>& o) {
     const auto& tokens = routed[e];
-    if (tokens.empty()) continue;
     const int64_t m = static_cast<int64_t>(tokens.size());
     xs.resize(static_cast<size_t>(m * d));
     for (int64_t i = 0; i < m; ++i) std::copy_n(x + tokens[i].first * d, d, xs.data() + i * d);
@@ -201,7 +207,27 @@ void DecoderModel::experts(int64_t layer, const float* x, int64_t n, float* out)
       kernels::matmul_nn(g.data(), m, down.row_block(e * f, (e + 1) * f), o.data(), false);
     else
       kernels::matmul_nt(g.data(), m, down.row_block(e * d, (e + 1) * d), o.data());
-    for (int64_t i = 0; i < m; ++i) kernels::axpy(tokens[i].second, o.data() + i * d, out + tokens[i].first * d, d);
+  };
+  if (most <= 2 && active.size() > 1) {
+    // Decoding: each expert sees a token or two, too little work to split one matrix across
+    // threads; the experts themselves run in parallel instead (one synchronisation per layer).
+    std::vector<std::vector<float>> outs(active.size());
+    parallel_for(active.size(), 1, [&](size_t b, size_t e_end) {
+      std::vector<float> xs, g, u;
+      for (size_t i = b; i < e_end; ++i) run_expert(active[i], xs, g, u, outs[i]);
+    });
+    for (size_t i = 0; i < active.size(); ++i) {
+      const auto& tokens = routed[active[i]];
+      for (size_t t = 0; t < tokens.size(); ++t)
+        kernels::axpy(tokens[t].second, outs[i].data() + t * d, out + tokens[t].first * d, d);
+    }
+    return;
+  }
+  std::vector<float> xs, g, u, o;
+  for (int64_t e : active) {
+    run_expert(e, xs, g, u, o);
+    const auto& tokens = routed[e];
+    for (size_t i = 0; i < tokens.size(); ++i) kernels::axpy(tokens[i].second, o.data() + i * d, out + tokens[i].first * d, d);
   }
 }
 
