@@ -15,16 +15,9 @@ using tessera::testing::TempDir;
 using tessera::testing::write_file;
 namespace fs = std::filesystem;
 
-namespace {
+using tessera::testing::error_of;
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+namespace {
 
 // Little-endian GGUF bytes, built by hand so that every field can be made wrong.
 struct Bytes {

@@ -19,18 +19,11 @@ using nlohmann::json;
 using tessera::testing::TempDir;
 namespace fs = std::filesystem;
 
+using tessera::testing::error_of;
+
 namespace {
 
 fs::path smollm_path() { return models_dir() / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"; }
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 const Tokenizer* smollm() {
   static const std::optional<Tokenizer> tokenizer = []() -> std::optional<Tokenizer> {

@@ -12,6 +12,8 @@ using namespace tessera;
 using tessera::testing::TempDir;
 using tessera::testing::write_file;
 
+using tessera::testing::error_of;
+
 namespace {
 
 std::string make_file(const nlohmann::json& header, size_t data_bytes, int pad_to = 8) {
@@ -21,15 +23,6 @@ std::string make_file(const nlohmann::json& header, size_t data_bytes, int pad_t
   uint64_t len = text.size();
   std::memcpy(out.data(), &len, 8);
   return out + text + std::string(data_bytes, '\x01');
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 }  // namespace

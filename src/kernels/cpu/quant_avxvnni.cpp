@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/quant_simd256.h"
 
 namespace tessera::kernels::detail {
 namespace {
@@ -19,52 +20,7 @@ namespace {
 #define TS_VNNI __attribute__((target("avxvnni")))
 #define TS_VNNI_INLINE inline __attribute__((always_inline, target("avxvnni")))
 
-TS_VNNI_INLINE float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-TS_VNNI_INLINE __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
-
-TS_VNNI_INLINE __m256i nibbles32(const uint8_t* qs) {
-  // The 16 bytes in both halves, the upper half shifted down a nibble: loads and shifts only.
-  const __m256i both = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qs)));
-  return _mm256_and_si256(_mm256_srlv_epi32(both, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4)), _mm256_set1_epi8(15));
-}
-
-// An f16 value broadcast to all eight lanes.
-TS_VNNI_INLINE __m256 broadcast_f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, sizeof(h));
-  return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h)));
-}
-
-struct ActRow {
-  const int8_t* q;
-  const float* d;
-  const float* s;
-  const int16_t* bsum16;
-  const int16_t* bsum32;
-};
-
-TS_VNNI_INLINE ActRow act_row(const ActView& a, int64_t row, int64_t block) {
-  const int64_t nb = a.k / block;
-  ActRow r{a.q + row * a.k, a.d + row * nb, nullptr, nullptr, nullptr};
-  if (block == 32) {
-    r.s = a.s + row * nb;
-  } else {
-    r.bsum16 = a.bsum16 + row * (a.k / 16);
-    r.bsum32 = a.bsum32 + row * (a.k / 32);
-  }
-  return r;
-}
-
-struct Acc {
-  __m256 v;
-  float m;
-};
+using namespace simd256;
 
 template <DType kType>
 struct Fmt32 {
