@@ -109,6 +109,65 @@ void axpy(float a, const float* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] += a * x[i];
 }
 
+namespace {
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline float load1(const float* p) { return *p; }
+inline float load1(const uint16_t* p) { return f16_to_f32(*p); }
+
+// Four horizontal sums at once: {sum(a), sum(b), sum(c), sum(d)}.
+inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
+  const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+template <typename T>
+void dot_rows_impl(const float* q, const T* rows, int64_t stride, int64_t count, int64_t n, float* out) {
+  const int64_t n8 = n / 8 * 8;
+  int64_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const T* r0 = rows + j * stride;
+    const T* r1 = r0 + stride;
+    const T* r2 = r1 + stride;
+    const T* r3 = r2 + stride;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < n8; i += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + i);
+      a0 = _mm256_fmadd_ps(qv, load8(r0 + i), a0);
+      a1 = _mm256_fmadd_ps(qv, load8(r1 + i), a1);
+      a2 = _mm256_fmadd_ps(qv, load8(r2 + i), a2);
+      a3 = _mm256_fmadd_ps(qv, load8(r3 + i), a3);
+    }
+    float sums[4];
+    _mm_storeu_ps(sums, hsum4(a0, a1, a2, a3));
+    for (int64_t i = n8; i < n; ++i) {
+      sums[0] += q[i] * load1(r0 + i);
+      sums[1] += q[i] * load1(r1 + i);
+      sums[2] += q[i] * load1(r2 + i);
+      sums[3] += q[i] * load1(r3 + i);
+    }
+    std::copy(sums, sums + 4, out + j);
+  }
+  for (; j < count; ++j) {
+    const T* r = rows + j * stride;
+    float sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += q[i] * load1(r + i);
+    out[j] = sum;
+  }
+}
+
+}  // namespace
+
+void dot_rows(const float* q, const float* rows, int64_t stride, int64_t count, int64_t n, float* out) {
+  dot_rows_impl(q, rows, stride, count, n, out);
+}
+
+void dot_rows_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t count, int64_t n, float* out) {
+  dot_rows_impl(q, rows, stride, count, n, out);
+}
+
 void axpy_f16(float a, const uint16_t* x, float* y, int64_t n) {
   const __m256 av = _mm256_set1_ps(a);
   int64_t i = 0;

@@ -129,15 +129,17 @@ void DecoderModel::attention(int64_t layer, const float* x, int64_t n, KvCache& 
           for (int64_t d = 0; d < hd; ++d) q16[d] = f16_to_f32(f32_to_f16(q[d]));
           qr = q16;
         }
-        for (int64_t j = 0; j < visible; ++j)
-          scores[j] = kernels::dot_f32_f16(qr, static_cast<const uint16_t*>(cache.keys(layer, j)) + kvh * hd, hd) * scale;
+        kernels::dot_rows_f16(qr, static_cast<const uint16_t*>(cache.keys(layer, 0)) + kvh * hd, cache.row_size(), visible,
+                              hd, scores.data());
+        for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
         kernels::softmax(scores.data(), visible);
         for (int64_t j = 0; j < visible; ++j)
           kernels::axpy_f16(f16_to_f32(f32_to_f16(scores[j])), static_cast<const uint16_t*>(cache.values(layer, j)) + kvh * hd,
                             ctx, hd);
       } else {
-        for (int64_t j = 0; j < visible; ++j)
-          scores[j] = kernels::dot_f32(q, static_cast<const float*>(cache.keys(layer, j)) + kvh * hd, hd) * scale;
+        kernels::dot_rows(q, static_cast<const float*>(cache.keys(layer, 0)) + kvh * hd, cache.row_size(), visible, hd,
+                          scores.data());
+        for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
         kernels::softmax(scores.data(), visible);
         for (int64_t j = 0; j < visible; ++j)
           kernels::axpy(scores[j], static_cast<const float*>(cache.values(layer, j)) + kvh * hd, ctx, hd);
