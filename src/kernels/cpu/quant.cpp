@@ -79,26 +79,29 @@ void dequant_ref_q4_k(const uint8_t* src, float* dst, int64_t nb) {
   }
 }
 
+// The 256 six-bit values (0..63, in element order) of a Q6_K block: low nibbles from ql, the
+// two high bits from qh.
+void q6_k_values(const uint8_t* block, int out[256]) {
+  const uint8_t* ql = block;
+  const uint8_t* qh = block + 128;
+  for (int h = 0; h < 2; ++h) {
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t lo = ql[64 * h + l], hi = ql[64 * h + l + 32], bits = qh[32 * h + l];
+      out[128 * h + l] = (lo & 15) | ((bits & 3) << 4);
+      out[128 * h + 32 + l] = (hi & 15) | (((bits >> 2) & 3) << 4);
+      out[128 * h + 64 + l] = (lo >> 4) | (((bits >> 4) & 3) << 4);
+      out[128 * h + 96 + l] = (hi >> 4) | (((bits >> 6) & 3) << 4);
+    }
+  }
+}
+
 void dequant_ref_q6_k(const uint8_t* src, float* dst, int64_t nb) {
+  int q[256];
   for (int64_t b = 0; b < nb; ++b, src += 210, dst += 256) {
-    const uint8_t* ql = src;
-    const uint8_t* qh = src + 128;
     const auto* sc = reinterpret_cast<const int8_t*>(src + 192);
     const float d = load_f16(src + 208);
-    for (int h = 0; h < 2; ++h) {
-      for (int l = 0; l < 32; ++l) {
-        const int q[4] = {
-            (ql[64 * h + l] & 15) | ((qh[32 * h + l] & 3) << 4),
-            (ql[64 * h + l + 32] & 15) | (((qh[32 * h + l] >> 2) & 3) << 4),
-            (ql[64 * h + l] >> 4) | (((qh[32 * h + l] >> 4) & 3) << 4),
-            (ql[64 * h + l + 32] >> 4) | (((qh[32 * h + l] >> 6) & 3) << 4),
-        };
-        for (int part = 0; part < 4; ++part) {
-          const int e = 128 * h + 32 * part + l;
-          dst[e] = (d * static_cast<float>(sc[e / 16])) * static_cast<float>(q[part] - 32);
-        }
-      }
-    }
+    q6_k_values(src, q);
+    for (int e = 0; e < 256; ++e) dst[e] = (d * static_cast<float>(sc[e / 16])) * static_cast<float>(q[e] - 32);
   }
 }
 
@@ -554,23 +557,11 @@ float dot_scalar(DType dtype, const uint8_t* w, const ActView& a, int64_t row) {
       for (int64_t b = 0; b < nb; ++b, w += 210) {
         const int8_t* ab = aq + 256 * b;
         const float da = a.d[row * nb + b];
-        const uint8_t* ql = w;
-        const uint8_t* qh = w + 128;
         const auto* sc = reinterpret_cast<const int8_t*>(w + 192);
+        int q[256];
+        q6_k_values(w, q);
         int group[16] = {};
-        for (int h = 0; h < 2; ++h)
-          for (int l = 0; l < 32; ++l) {
-            const int q[4] = {
-                (ql[64 * h + l] & 15) | ((qh[32 * h + l] & 3) << 4),
-                (ql[64 * h + l + 32] & 15) | (((qh[32 * h + l] >> 2) & 3) << 4),
-                (ql[64 * h + l] >> 4) | (((qh[32 * h + l] >> 4) & 3) << 4),
-                (ql[64 * h + l + 32] >> 4) | (((qh[32 * h + l] >> 6) & 3) << 4),
-            };
-            for (int part = 0; part < 4; ++part) {
-              const int e = 128 * h + 32 * part + l;
-              group[e / 16] += q[part] * ab[e];
-            }
-          }
+        for (int e = 0; e < 256; ++e) group[e / 16] += q[e] * ab[e];
         int isum = 0;
         for (int g = 0; g < 16; ++g) isum += sc[g] * (group[g] - 32 * a.bsum16[(row * nb + b) * 16 + g]);
         sum += (load_f16(w + 208) * da) * static_cast<float>(isum);
