@@ -13,5 +13,6 @@ void register_models(CLI::App& app);
 void register_init(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_perf(CLI::App& app);
+void register_image(CLI::App& app);
 
 }  // namespace tessera::cli

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   tessera::cli::register_init(app);
   tessera::cli::register_quantize(app);
   tessera::cli::register_perf(app);
+  tessera::cli::register_image(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
