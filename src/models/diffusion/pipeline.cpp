@@ -42,16 +42,6 @@ SamplerKind sampler_for_class(const std::string& cls, const nlohmann::json& conf
   return SamplerKind::DpmppTwoM;
 }
 
-std::string sampler_name(SamplerKind kind) {
-  switch (kind) {
-    case SamplerKind::Ddim: return "ddim";
-    case SamplerKind::Euler: return "euler";
-    case SamplerKind::EulerAncestral: return "euler_a";
-    case SamplerKind::DpmppTwoM: return "dpmpp_2m";
-  }
-  return "?";
-}
-
 void require_folder(const fs::path& dir) {
   if (!fs::is_directory(dir)) fail("{}: component folder is missing", dir.string());
 }
