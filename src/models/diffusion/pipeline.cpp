@@ -217,7 +217,10 @@ ImageResult DiffusionPipeline::generate(const ImageRequest& r,
     for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(rng.normal());
   });
 
-  auto scheduler = make_scheduler(kind, p.scheduler);
+  // "dpmpp_2m" is DPM++ 2M with Karras sigmas, whatever the pipeline's own scheduler used.
+  SchedulerConfig sched_config = p.scheduler;
+  if (kind == SamplerKind::DpmppTwoM) sched_config.use_karras_sigmas = true;
+  auto scheduler = make_scheduler(kind, sched_config);
   scheduler->set_timesteps(r.steps);
   const float sigma0 = scheduler->init_noise_sigma();
   for (float& v : latents.data) v *= sigma0;
