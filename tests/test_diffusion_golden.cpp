@@ -116,6 +116,17 @@ TEST_P(DiffusionGolden, VaeDecodesAndEncodesLikeDiffusers) {
   EXPECT_LT(max_diff(mean.data.data(), g("vae.encoded_mean")), 1e-3);
 }
 
+TEST_P(DiffusionGolden, VaeTiledDecodingMatchesDiffusers) {
+  const auto vae = Vae::load(pipeline_dir(GetParam()) / "vae");
+  const FeatureMap latents = feature_map(g("vae.tiled_latents"));
+  const int64_t tile = vae->config().sample_size / vae->config().scale_factor();
+  ASSERT_LT(tile, latents.width);  // really tiled
+  const FeatureMap decoded = vae->decode_tiled(latents, tile);
+  EXPECT_EQ(decoded.height, latents.height * 8);
+  EXPECT_EQ(decoded.width, latents.width * 8);
+  EXPECT_LT(max_diff(decoded.data.data(), g("vae.tiled_decoded")), 1e-3);
+}
+
 INSTANTIATE_TEST_SUITE_P(Pipelines, DiffusionGolden, ::testing::Values("sd", "sdxl"));
 
 }  // namespace

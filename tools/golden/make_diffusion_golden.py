@@ -26,7 +26,8 @@ golden.safetensors holds, per case i (see golden.json "cases"):
                            for [negative, prompt] embeddings and the initial latents
   case{i}.image.{sampler}  the final image in [0, 1], HWC float32, for each sampler
   case{i}.noise.euler_a    the noise euler_a drew at each step, concatenated
-and vae.latents / vae.decoded (VAE decode in [-1, 1], NCHW), vae.image / vae.encoded_mean.
+and vae.latents / vae.decoded (VAE decode in [-1, 1], NCHW), vae.image / vae.encoded_mean,
+vae.tiled_latents / vae.tiled_decoded (decoding in overlapping tiles).
 
 Run: .venv/bin/python tools/golden/make_diffusion_golden.py [--out tests/fixtures/diffusion]
 Deterministic for a given torch/diffusers build (one CPU thread, fixed seeds).
@@ -348,6 +349,14 @@ def record(pipe, name: str, out_dir: str) -> None:
         img = torch.rand((1, 3, 48, 80), generator=g) * 2 - 1
         mean = pipe.vae.encode(img).latent_dist.mean
     tensors.update({"vae.latents": lat, "vae.decoded": dec, "vae.image": img, "vae.encoded_mean": mean})
+    # Tiled decoding (diffusers' enable_tiling: tiles of sample_size / 8 latent pixels overlapping
+    # by a quarter, blended linearly) of a latent larger than one tile.
+    big = torch.randn((1, 4, 12, 20), generator=g)
+    pipe.vae.enable_tiling()
+    with torch.no_grad():
+        tiled = pipe.vae.decode(big).sample
+    pipe.vae.disable_tiling()
+    tensors.update({"vae.tiled_latents": big, "vae.tiled_decoded": tiled})
     save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, "golden.safetensors"))
     with open(os.path.join(out_dir, "golden.json"), "w") as f:
         json.dump({"pipeline": name, "diffusers": diffusers.__version__, "torch": torch.__version__,
