@@ -3,6 +3,7 @@
 // `tessera image` command's handling of bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 
@@ -77,6 +78,30 @@ TEST_P(PipelineGolden, EverySamplerMatchesDiffusers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Pipelines, PipelineGolden, ::testing::Values("sd", "sdxl"));
+
+TEST(ImagePipeline, ProductSizesWork) {
+  // The sizes the product offers (width x height), one unguided step on the tiny SDXL-style
+  // pipeline (its full-resolution level has no attention, which keeps this test quick).
+  const auto pipe = DiffusionPipeline::load(pipeline_dir("sdxl"));
+  for (const auto& [w, h] : std::vector<std::pair<int64_t, int64_t>>{{1024, 1024}, {1280, 768}, {768, 1280}}) {
+    ImageRequest r;
+    r.prompt = "a wide landscape";
+    r.width = w;
+    r.height = h;
+    r.steps = 1;
+    r.seed = 3;
+    r.sampler = SamplerKind::Euler;
+    r.guidance = 1.0f;
+    r.vae_tiling = w == 1024;  // both decoders at a product size
+    const ImageResult result = pipe->generate(r);
+    EXPECT_EQ(result.width, w);
+    EXPECT_EQ(result.height, h);
+    ASSERT_EQ(result.rgb.size(), static_cast<size_t>(w * h * 3));
+    // Not a blank image: the pixels vary.
+    const auto [lo, hi] = std::minmax_element(result.rgb.begin(), result.rgb.end());
+    EXPECT_LT(*lo + 10, *hi) << w << "x" << h;
+  }
+}
 
 TEST(ImageCommand, SameSeedSameBytesOtherSeedOtherImage) {
   TempDir tmp;
