@@ -10,36 +10,20 @@
 #include "models/diffusion/clip_text_model.h"
 #include "models/diffusion/unet.h"
 #include "models/diffusion/vae.h"
+#include "diffusion_test_util.h"
 #include "test_util.h"
 
 namespace tessera::diffusion {
 namespace {
 
-std::filesystem::path pipeline_dir(const std::string& name) { return testing::fixtures() / "diffusion" / name; }
+using testing::feature_map;
+using testing::ids_of;
+using testing::max_diff;
 
-// Largest absolute difference, relative to the reference's scale when that exceeds 1.
-double max_diff(const float* got, const Tensor& want) {
-  const std::vector<float> w = want.to_vector();
-  double scale = 1.0, diff = 0.0;
-  for (float v : w) scale = std::max(scale, static_cast<double>(std::abs(v)));
-  for (size_t i = 0; i < w.size(); ++i) diff = std::max(diff, std::abs(static_cast<double>(got[i]) - w[i]));
-  return diff / scale;
-}
+std::filesystem::path pipeline_dir(const std::string& name) { return tessera::testing::fixtures() / "diffusion" / name; }
 
-std::vector<int32_t> ids_of(const Tensor& t) {
-  std::vector<int32_t> ids;
-  const auto* p = t.data<int64_t>();
-  for (int64_t i = 0; i < t.numel(); ++i) ids.push_back(static_cast<int32_t>(p[i]));
-  return ids;
-}
 
-FeatureMap feature_map(const Tensor& t) {  // [C, H, W] or [1, C, H, W]
-  const Shape& s = t.shape();
-  FeatureMap m(s[s.size() - 3], s[s.size() - 2], s[s.size() - 1]);
-  const std::vector<float> v = t.to_vector();
-  std::copy(v.begin(), v.end(), m.data.begin());
-  return m;
-}
+
 
 class DiffusionGolden : public ::testing::TestWithParam<std::string> {
  protected:

@@ -15,6 +15,7 @@
 #include "models/diffusion/single_file.h"
 #include "models/diffusion/unet.h"
 #include "models/diffusion/vae.h"
+#include "diffusion_test_util.h"
 #include "test_util.h"
 
 namespace tessera::diffusion {
@@ -22,6 +23,9 @@ namespace {
 
 namespace fs = std::filesystem;
 using tessera::testing::error_of;
+using testing::feature_map;
+using testing::ids_of;
+using testing::max_diff;
 
 fs::path single_dir() { return tessera::testing::fixtures() / "diffusion_single"; }
 fs::path single_file(const std::string& name) { return single_dir() / (name + ".safetensors"); }
@@ -36,27 +40,8 @@ fs::path weights_file(const fs::path& dir) {
   return {};
 }
 
-double max_diff(const float* got, const Tensor& want) {
-  const std::vector<float> w = want.to_vector();
-  double scale = 1.0, diff = 0.0;
-  for (float v : w) scale = std::max(scale, static_cast<double>(std::abs(v)));
-  for (size_t i = 0; i < w.size(); ++i) diff = std::max(diff, std::abs(static_cast<double>(got[i]) - w[i]));
-  return diff / scale;
-}
 
-FeatureMap feature_map(const Tensor& t) {  // [C, H, W]
-  const Shape& s = t.shape();
-  FeatureMap m(s[s.size() - 3], s[s.size() - 2], s[s.size() - 1]);
-  const std::vector<float> v = t.to_vector();
-  std::copy(v.begin(), v.end(), m.data.begin());
-  return m;
-}
 
-std::vector<int32_t> ids_of(const Tensor& t) {
-  std::vector<int32_t> ids;
-  for (int64_t i = 0; i < t.numel(); ++i) ids.push_back(static_cast<int32_t>(t.data<int64_t>()[i]));
-  return ids;
-}
 
 class SingleFile : public ::testing::TestWithParam<std::string> {
  protected:

@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 
 import torch
 from safetensors.torch import save_file
@@ -52,6 +53,9 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_diffusion_golden import randomize  # noqa: E402  (the same weight spread as the pipelines)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")
@@ -285,19 +289,6 @@ def make_sd2(out_dir: str, sd_dir: str):
     pipe.to(torch.float32)
     shutil.rmtree(os.path.join(out_dir, "tokenizer"))  # shared with the sd fixture
     return pipe
-
-
-def randomize(module: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                fan_in = p[0].numel() if p.ndim > 1 else p.numel()
-                p.copy_(torch.randn(p.shape, generator=g) / max(1.0, fan_in) ** 0.5)
 
 
 def original_file(kind: str, pipe) -> dict[str, torch.Tensor]:

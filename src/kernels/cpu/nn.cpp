@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "core/thread_pool.h"
@@ -26,6 +27,19 @@ void map_inplace(float* x, int64_t n, F f) {
     for (; i + 8 <= end; i += 8) _mm256_storeu_ps(x + i, f(_mm256_loadu_ps(x + i)));
     if (i < end) apply_tail(x + i, end - i, f);
   });
+}
+
+// Mean and 1/sqrt(variance + eps) of n values, accumulated in double (two passes).
+std::pair<float, float> mean_rstd(const float* x, int64_t n, float eps) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const double mean = sum / static_cast<double>(n);
+  double sq = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = x[i] - mean;
+    sq += d * d;
+  }
+  return {static_cast<float>(mean), static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(n) + eps))};
 }
 
 }  // namespace
@@ -97,17 +111,7 @@ void group_norm(float* x, int64_t channels, int64_t hw, int64_t groups, const fl
   parallel_for(static_cast<size_t>(groups), 1, [&](size_t b, size_t e) {
     for (size_t g = b; g < e; ++g) {
       float* gx = x + static_cast<int64_t>(g) * per_group * hw;
-      const int64_t n = per_group * hw;
-      double sum = 0;
-      for (int64_t i = 0; i < n; ++i) sum += gx[i];
-      const double mean = sum / static_cast<double>(n);
-      double sq = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double d = gx[i] - mean;
-        sq += d * d;
-      }
-      const float rstd = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(n) + eps));
-      const float fmean = static_cast<float>(mean);
+      const auto [fmean, rstd] = mean_rstd(gx, per_group * hw, eps);
       for (int64_t c = static_cast<int64_t>(g) * per_group; c < static_cast<int64_t>(g + 1) * per_group; ++c) {
         float* row = x + c * hw;
         const float scale = rstd * gamma[c];
@@ -131,16 +135,7 @@ void layer_norm_affine(const float* x, int64_t rows, int64_t n, const float* gam
     for (size_t r = b; r < e; ++r) {
       const float* xr = x + static_cast<int64_t>(r) * n;
       float* yr = y + static_cast<int64_t>(r) * n;
-      double sum = 0;
-      for (int64_t i = 0; i < n; ++i) sum += xr[i];
-      const double mean = sum / static_cast<double>(n);
-      double sq = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const double d = xr[i] - mean;
-        sq += d * d;
-      }
-      const float rstd = static_cast<float>(1.0 / std::sqrt(sq / static_cast<double>(n) + eps));
-      const float fmean = static_cast<float>(mean);
+      const auto [fmean, rstd] = mean_rstd(xr, n, eps);
       for (int64_t i = 0; i < n; ++i) yr[i] = (xr[i] - fmean) * rstd * gamma[i] + (beta ? beta[i] : 0.0f);
     }
   });
