@@ -3,6 +3,8 @@
 // queries, the diffusion networks): C[m,n] = alpha * op(A)[m,k] . op(B)[k,n] + beta * C.
 // Row-major with leading dimensions (elements between rows), as in BLAS's row-major sgemm.
 // op(X) = X or X^T. Threaded over the global pool; beta == 0 never reads C (it may hold NaN).
+// Packing buffers are kept per thread between calls (for large products, up to 16 MB each for
+// A and B on the calling thread).
 #include <cstdint>
 
 namespace tessera::kernels {

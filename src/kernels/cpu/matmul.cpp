@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/gemm.h"
 
 namespace tessera::kernels {
 
@@ -99,6 +100,14 @@ void matmul_nt(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   const int64_t n = w.rows, k = w.cols;
   if (dtype_is_quantized(w.dtype)) {
     matmul_nt_quantized(x, m, w.data, w.dtype, n, k, y, active_simd_path());
+    return;
+  }
+  // From 16 rows of activations on, the blocked product (gemm.h), which packs both operands
+  // and keeps a 6x16 tile of y in registers, is faster on f32 weights than the dot products
+  // below (about 1.3x at 16 rows, 2x at 77, on AVX2); fewer rows stay here.
+  constexpr int64_t kSgemmMinRows = 16;
+  if (w.dtype == DType::F32 && m >= kSgemmMinRows) {
+    sgemm(false, true, m, n, k, 1.0f, x, k, static_cast<const float*>(w.data), k, 0.0f, y, n);
     return;
   }
   constexpr int64_t kBlock = 16;  // weight rows converted and reused across all activation rows
