@@ -12,12 +12,11 @@
 // k in slices of kKC: it takes the kMC x kKC block of op(A) packed (L2-sized), and sweeps
 // each kKC x 16 micro-panel of B (L1-sized) over all the A micro-panels of the block. Tasks
 // are handed out one at a time, so a thread slowed by other load on the machine holds up no
-// one. Where packed data is shared it is packed up front, by all threads, once per block of
-// up to kPackBudget / k columns (one wait per block, not one per slice of k):
-// - B, when there are several row blocks (each B panel serves every one of them). With a
-//   single row block, a task packs its B panels itself, a few at a time, right before use.
-// - A, when few row blocks make the columns split over several tasks, or the columns come in
-//   several blocks (each A block would otherwise be packed by several tasks).
+// one. With a single block of rows, a task packs all it uses itself, its B panels a few at a
+// time right before use. With several, B is packed up front by all threads and shared (each
+// B panel serves every row block), one block of up to kPackBudget floats at a time (one wait
+// per block, not one per slice of k); A is then packed up front and shared too when few row
+// blocks make the columns split over several tasks, or B comes in several column blocks.
 //
 // Shapes that packing serves badly take other routes:
 // - few columns (n <= kDirectMaxN, A not transposed): the kernel reads the rows of A in place;
@@ -32,6 +31,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <new>
 
 #include "core/thread_pool.h"
@@ -139,11 +139,7 @@ void pack_a_block(bool trans_a, const float* a, int64_t lda, int64_t i0, int64_t
       const float* src = a + (p0 + p) * lda + i0;
       float* d = dst + p * kMR;
       int64_t i = 0;
-      for (; i + kMR <= mc; i += kMR, d += kMR * kc) {
-        _mm_storeu_ps(d, _mm_loadu_ps(src + i));
-        _mm_storel_pi(reinterpret_cast<__m64*>(d + 4),
-                      _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(src + i + 4))));
-      }
+      for (; i + kMR <= mc; i += kMR, d += kMR * kc) std::memcpy(d, src + i, kMR * sizeof(float));
       if (i < mc) {
         for (int64_t r = 0; r < kMR; ++r) d[r] = i + r < mc ? src[i + r] : 0.0f;
       }
@@ -545,7 +541,7 @@ void sgemm_axpy(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, cons
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
            const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
-  if (k <= 0 || alpha == 0.0f) {
+  if (k <= 0 || alpha == 0.0f) {  // as in BLAS, A and B are then not read
     scale_c(m, n, beta, c, ldc);
     return;
   }
@@ -596,9 +592,12 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
     panels_per_task =
         ceil_div(panels_per_task, std::clamp<int64_t>(want, 1, std::max<int64_t>(1, panels_per_task / 4)));
   }
-  // op(A) is packed once up front and shared when several tasks would each pack a block.
+  // op(A) is packed once up front and shared when several tasks would each pack a block, and B
+  // is packed up front anyway. (With a single row block, a task packing its A itself costs
+  // less than the extra wait for the packing to finish, on a machine with other load.)
   const bool direct_a = !trans_a && n <= kDirectMaxN;
-  const bool share_a = !direct_a && (jc_blocks > 1 || panels_per_task < nc_max / kNR) && m_pad * k <= kPackBudget;
+  const bool share_a = share_b && !direct_a && (jc_blocks > 1 || panels_per_task < nc_max / kNR) &&
+                       m_pad * k <= kPackBudget;
 
   static thread_local Scratch packed_b_scratch, packed_a_scratch;
   float* packed_b = share_b ? packed_b_scratch.get(static_cast<size_t>(std::min(kr_max, k) * nc_max)) : nullptr;
