@@ -190,7 +190,8 @@ TEST(GgufTokenizer, SmolLM2DecodeInvertsEncode) {
   const fs::path golden = fs::path(TESSERA_SOURCE_DIR) / "tests/fixtures/tokenizer/smollm2_cases.json";
   std::ifstream in(golden, std::ios::binary);
   ASSERT_TRUE(in.good()) << golden << " is missing";
-  for (const auto& c : json::parse(in).at("cases")) {
+  const json cases = json::parse(in).at("cases");  // kept alive for the loop
+  for (const auto& c : cases) {
     const std::string text = c.at("text").get<std::string>();
     EXPECT_EQ(tok->decode(tok->encode(text)), text) << printable(text);
     EXPECT_EQ(tok->decode(tok->encode(text, false)), text) << printable(text);
