@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   tessera::cli::register_quantize(app);
   tessera::cli::register_perf(app);
   tessera::cli::register_image(app);
+  tessera::cli::register_serve(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

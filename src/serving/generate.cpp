@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "serving/text_stream.h"
 
 namespace tessera {
 
@@ -13,20 +14,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// Length of the longest suffix of `text` that is a proper prefix of some stop string.
-size_t held_back(std::string_view text, const std::vector<std::string>& stops) {
-  size_t hold = 0;
-  for (const auto& stop : stops) {
-    for (size_t len = std::min(stop.size() - 1, text.size()); len > hold; --len) {
-      if (text.substr(text.size() - len) == std::string_view(stop).substr(0, len)) {
-        hold = len;
-        break;
-      }
-    }
-  }
-  return hold;
 }
 
 }  // namespace
@@ -74,17 +61,9 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, Sess
   result.stats.prefilled_tokens = static_cast<int64_t>(fresh.size());
   result.stats.prefill_seconds = seconds_since(start);
 
-  StreamingDecoder decoder(tokenizer);
-  std::string pending;  // decoded text not yet passed on (may start a stop string)
-  auto emit = [&](std::string_view piece) {
-    result.text.append(piece);
-    if (on_text && !piece.empty() && !on_text(piece)) return false;
-    return true;
-  };
-
+  TextStream text(tokenizer, request.sampling.stop);
   start = Clock::now();
   result.finish_reason = "length";
-  bool cut_at_stop_string = false;
   while (static_cast<int64_t>(result.tokens.size()) < request.sampling.max_tokens) {
     std::span<float> row(logits.data<float>(), static_cast<size_t>(info.vocab_size));
     const int32_t next = sampler.sample(row, context, result.tokens.size());
@@ -96,28 +75,16 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, Sess
     result.tokens.push_back(next);
     context.push_back(next);
 
-    pending += decoder.push(next);
-    bool stopped = false;
-    for (const auto& stop : request.sampling.stop) {
-      if (auto pos = pending.find(stop); pos != std::string::npos) {
-        pending.resize(pos);
-        stopped = true;
-      }
-    }
-    if (stopped) {
-      cut_at_stop_string = true;
-      emit(pending);
-      pending.clear();
-      result.finish_reason = "stop";
-      break;
-    }
-    const size_t hold = held_back(pending, request.sampling.stop);
-    if (!emit(std::string_view(pending).substr(0, pending.size() - hold))) {
-      pending.clear();
+    const std::string piece = text.push(next);
+    result.text += piece;
+    if (on_text && !piece.empty() && !on_text(piece)) {
       result.finish_reason = "cancelled";
       break;
     }
-    pending.erase(0, pending.size() - hold);
+    if (text.stopped()) {
+      result.finish_reason = "stop";
+      break;
+    }
 
     if (static_cast<int64_t>(result.tokens.size()) >= request.sampling.max_tokens) break;
     if (session.cache.length() >= info.max_seq_len) break;  // no room for another position
@@ -125,9 +92,10 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, Sess
     logits = model.forward(one, session.cache, false);
     session.tokens.push_back(next);
   }
-  if (result.finish_reason != "cancelled" && !cut_at_stop_string) {
-    pending += decoder.flush();
-    emit(pending);
+  if (result.finish_reason != "cancelled") {
+    const std::string rest = text.finish();
+    result.text += rest;
+    if (on_text && !rest.empty()) on_text(rest);
   }
   result.stats.generated_tokens = static_cast<int64_t>(result.tokens.size());
   result.stats.decode_seconds = seconds_since(start);
