@@ -15,5 +15,7 @@ void register_quantize(CLI::App& app);
 void register_perf(CLI::App& app);
 void register_image(CLI::App& app);
 void register_serve(CLI::App& app);
+void register_tokens(CLI::App& app);
+void register_usage(CLI::App& app);
 
 }  // namespace tessera::cli

@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   tessera::cli::register_perf(app);
   tessera::cli::register_image(app);
   tessera::cli::register_serve(app);
+  tessera::cli::register_tokens(app);
+  tessera::cli::register_usage(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,5 +1,7 @@
 #include "core/paths.h"
 
+#include "core/error.h"
+
 #include <cstdlib>
 #include <system_error>
 
@@ -17,6 +19,16 @@ std::filesystem::path models_dir() {
     }
   }
   return fs::path(TESSERA_SOURCE_DIR) / "models";
+}
+
+std::filesystem::path data_dir() {
+  namespace fs = std::filesystem;
+  if (const char* env = std::getenv("TESSERA_DATA"); env && *env) return fs::path(env);
+  // The XDG spec says a relative $XDG_DATA_HOME is invalid and must be ignored.
+  if (const char* xdg = std::getenv("XDG_DATA_HOME"); xdg && *xdg && fs::path(xdg).is_absolute())
+    return fs::path(xdg) / "tessera";
+  if (const char* home = std::getenv("HOME"); home && *home) return fs::path(home) / ".local" / "share" / "tessera";
+  fail("cannot find a data folder: set TESSERA_DATA (or HOME)");
 }
 
 }  // namespace tessera

@@ -8,4 +8,9 @@ namespace tessera {
 // else the source tree's models/.
 std::filesystem::path models_dir();
 
+// The folder that holds tessera's own state (tessera.db: API tokens, usage): $TESSERA_DATA if set,
+// else $XDG_DATA_HOME/tessera, else $HOME/.local/share/tessera. Not created here: whoever writes
+// into it creates it, so asking for the path never touches the disk.
+std::filesystem::path data_dir();
+
 }  // namespace tessera
