@@ -260,8 +260,8 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 async def run_level(server: Server, clients: int, requests_per_client: int, duration_s: float | None,
-                    max_tokens: int) -> dict:
-    client = make_client(server)
+                    max_tokens: int, timeout_s: float) -> dict:
+    client = make_client(server, timeout_s)
     results: list[RequestResult] = []
 
     async def one_client(index: int) -> None:
@@ -316,7 +316,8 @@ def sweep(server: Server, args) -> list[dict]:
     asyncio.run(warm_up(server, min(args.max_tokens, 32)))
     levels = []
     for clients in args.clients:
-        level = asyncio.run(run_level(server, clients, args.requests_per_client, args.duration, args.max_tokens))
+        level = asyncio.run(run_level(server, clients, args.requests_per_client, args.duration, args.max_tokens,
+                                          args.request_timeout))
         print(f"  {server.name}: {clients:3d} clients, {level['requests']} requests, "
               f"{level['output_tok_s']:.1f} tok/s, {level['errors']} errors", flush=True)
         levels.append(level)
@@ -373,9 +374,9 @@ def parse_levels(text: str) -> list[int]:
     try:
         levels = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--clients: expected comma-separated integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
     if not levels or min(levels) < 1:
-        raise argparse.ArgumentTypeError(f"--clients: every level must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"every level must be >= 1, got {text!r}")
     return levels
 
 
@@ -399,6 +400,8 @@ def main() -> int:
                     "(default: %(default)s)")
     ap.add_argument("--duration", type=float, help="seconds each level runs instead of --requests-per-client")
     ap.add_argument("--max-tokens", type=int, default=128, help="max_tokens of every request (default: %(default)s)")
+    ap.add_argument("--request-timeout", type=float, default=1800,
+                    help="seconds a request may take, queueing included (default: %(default)s)")
     ap.add_argument("--ready-timeout", type=float, default=180, help="seconds to wait for a server to come up")
     ap.add_argument("--json-out", type=pathlib.Path, help="write the results here as JSON")
     args = ap.parse_args()

@@ -282,10 +282,13 @@ def rss_report(samples: list, warmup_s: float, tolerance_mb: float) -> tuple[boo
 
 
 def fetch_usage(server: Server) -> dict:
-    req = urllib.request.Request(server.base_url + "/api/2.0/usage",
-                                 headers={"Authorization": f"Bearer {server.api_key}"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
+    url = server.base_url + "/api/2.0/usage"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {server.api_key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"GET {url}: {e}") from e
 
 
 def usage_by_token(payload) -> dict[str, Tally]:
@@ -477,7 +480,12 @@ def main() -> int:
             print(f"soaking {server.name} at {server.base_url} for {args.minutes:g} min with {args.workers} workers"
                   f"{', images on' if args.image_model else ''}; RSS of pid {pid or '(none)'}", flush=True)
             stats, samples = asyncio.run(soak(server, drop_key, pid, args))
-            after = {} if args.no_usage_check else settled_usage(server)
+            after, usage_error = {}, None
+            if not args.no_usage_check:
+                try:
+                    after = settled_usage(server)
+                except (RuntimeError, ValueError) as e:
+                    usage_error = str(e)
         except (RuntimeError, OSError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
@@ -508,6 +516,9 @@ def main() -> int:
               f"{c.prompt_tokens} prompt + {c.completion_tokens} completion tokens, {c.images} images "
               f"({c.missing_usage} responses without usage), {stats.dropped_streams} dropped streams after "
               f"{stats.dropped_chunks_read} chunks")
+    elif usage_error:
+        print(f"usage: could not read the server's usage after the run: {usage_error}: FAILED")
+        failed.append("usage")
     else:
         ok, lines = usage_report(stats, before, after, token_names)
         print("\n".join(lines))
