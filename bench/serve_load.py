@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -405,6 +405,8 @@ def main() -> int:
     ap.add_argument("--ready-timeout", type=float, default=180, help="seconds to wait for a server to come up")
     ap.add_argument("--json-out", type=pathlib.Path, help="write the results here as JSON")
     args = ap.parse_args()
+    # A plain kill must still stop the servers this script started (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.requests_per_client < 1 or args.max_tokens < 1 or args.threads < 1:
         ap.error("--requests-per-client, --max-tokens and --threads must be >= 1")
     needs_model = (not args.peer_only and not args.tessera_url) or (not args.tessera_only and not args.peer_url)

@@ -30,10 +30,10 @@ import dataclasses
 import json
 import pathlib
 import random
+import signal
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 
 import openai
@@ -442,6 +442,8 @@ def main() -> int:
     ap.add_argument("--request-timeout", type=float, default=600, help="seconds per request (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    # A plain kill must still stop the servers this script started (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.minutes <= 0 or args.workers < 1 or args.burst_size < 0 or args.burst_every <= 0:
         ap.error("--minutes, --workers and --burst-every must be positive, --burst-size >= 0")
     if args.image_model and not args.image_model.is_dir():
