@@ -35,8 +35,10 @@ void print_table(const std::vector<ApiToken>& tokens) {
   const auto row = [&](const std::string& id, const std::string& name, const std::string& prefix,
                        const std::string& created, const std::string& used, const std::string& revoked,
                        const std::string& comment) {
-    fmt::print("{:>4}  {:<{}}  {:<12}  {:<20}  {:<20}  {:<20}  {}\n", id, name, name_width, prefix, created, used,
-               revoked, comment);
+    std::string line = fmt::format("{:>4}  {:<{}}  {:<12}  {:<20}  {:<20}  {:<20}  {}", id, name, name_width, prefix,
+                                   created, used, revoked, comment);
+    line.erase(line.find_last_not_of(' ') + 1);
+    fmt::print("{}\n", line);
   };
   row("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED", "COMMENT");
   for (const auto& t : tokens)
