@@ -19,9 +19,11 @@
 #include "models/llm/quantize.h"
 #include "server/openai_api.h"
 #include "serving/chat_format.h"
+#include "serving/generate.h"
 #include "serving/image_service.h"
 #include "serving/scheduler.h"
 #include "store/database.h"
+#include "store/time_spec.h"
 #include "store/token_store.h"
 #include "store/usage_store.h"
 
@@ -69,24 +71,20 @@ std::string base64(const std::vector<uint8_t>& data) {
   return out;
 }
 
-// "2026-11-26", "2026-11-26T10:00:00Z" or milliseconds since the epoch.
+// start_time/end_time: milliseconds since the epoch, or what `tessera usage --since` takes
+// (ISO dates and times, "1h", "7d").
 int64_t parse_time_ms(const std::string& text, const std::string& param) {
-  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos && text.size() <= 15)
-    return std::stoll(text);
-  std::tm tm{};
-  const char* end = strptime(text.c_str(), "%Y-%m-%dT%H:%M:%S", &tm);
-  if (!end) {
-    tm = {};
-    end = strptime(text.c_str(), "%Y-%m-%d", &tm);
+  if (!text.empty() && text.size() <= 15 && text.find_first_not_of("0123456789") == std::string::npos) return std::stoll(text);
+  try {
+    return parse_time_spec(text, unix_ms(), param);
+  } catch (const Error& e) {
+    throw bad_param(param, e.what());
   }
-  if (!end || (*end != '\0' && std::string(end) != "Z"))
-    throw bad_param(param, fmt::format("'{}' is not a time (ISO 8601 such as 2026-11-26T10:00:00Z, or milliseconds)", text));
-  return static_cast<int64_t>(timegm(&tm)) * 1000;
 }
 
 // A language model shared by the endpoints that name it, with its batching scheduler.
 struct LlmBackend {
-  std::string name;
+  std::string name;  // the first endpoint it serves, the label of its metrics
   std::shared_ptr<LanguageModel> model;
   Tokenizer tokenizer;
   ChatFormat format;
@@ -171,11 +169,14 @@ void ApiServer::State::load_endpoints() {
       std::shared_ptr<diffusion::DiffusionPipeline> pipeline = diffusion::DiffusionPipeline::load(path);
       ep.images = std::make_shared<ImageService>(pipeline, static_cast<size_t>(ec.image_queue));
     } else {
-      const std::string key = std::filesystem::weakly_canonical(path).string() + "|" + ec.quantize;
+      // Endpoints naming the same model with the same batching settings share one scheduler
+      // (and so their decode steps); different settings get a scheduler of their own.
+      const std::string key = fmt::format("{}|{}|{}|{}|{}", std::filesystem::weakly_canonical(path).string(), ec.quantize,
+                                          ec.max_batch, ec.max_queue, ec.kv_memory_mb);
       auto& backend = by_model[key];
       if (!backend) {
         log(fmt::format("loading {} for {}", path.string(), ec.name));
-        backend = std::make_shared<LlmBackend>(LlmBackend{path.filename().string(), nullptr, load_model_tokenizer(path), {}, nullptr});
+        backend = std::make_shared<LlmBackend>(LlmBackend{ec.name, nullptr, load_model_tokenizer(path), {}, nullptr});
         std::shared_ptr<LanguageModel> model = load_language_model(path);
         if (!ec.quantize.empty()) {
           const auto target = dtype_from_name(ec.quantize);
@@ -233,7 +234,7 @@ void ApiServer::State::setup_metrics() {
     metrics.gauge(field.name, [this, member = field.member] {
       std::vector<std::pair<Labels, double>> out;
       for (const auto& b : backends)
-        out.push_back({{{"model", b->name}}, static_cast<double>(b->scheduler->stats().*member)});
+        out.push_back({{{"endpoint", b->name}}, static_cast<double>(b->scheduler->stats().*member)});
       return out;
     });
   }
@@ -668,7 +669,7 @@ void ApiServer::State::setup_routes() {
     json data = json::array();
     for (const auto& [name, ep] : endpoints)
       data.push_back({{"id", name}, {"object", "model"}, {"created", started}, {"owned_by", "tessera"},
-                      {"kind", kind_name(ep.config.kind)}, {"served_model", ep.llm ? ep.llm->name : ep.config.model}});
+                      {"kind", kind_name(ep.config.kind)}, {"served_model", ep.llm ? ep.llm->model->info().name : ep.config.model}});
     send_json(res, 200, {{"object", "list"}, {"data", data}});
   };
   auto model_get = [this](const httplib::Request& req, httplib::Response& res, const Caller&) {

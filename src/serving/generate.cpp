@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "core/error.h"
 #include "serving/text_stream.h"
@@ -24,6 +25,21 @@ std::vector<int32_t> default_stop_tokens(const Tokenizer& tokenizer) {
   for (const char* name : {"<|endoftext|>", "<|im_end|>"}) {
     if (auto id = tokenizer.token_id(name); id && std::find(ids.begin(), ids.end(), *id) == ids.end())
       ids.push_back(*id);
+  }
+  return ids;
+}
+
+std::vector<int32_t> undecodable_ids(const Tokenizer& tokenizer, int64_t vocab_size) {
+  std::vector<int32_t> ids;
+  for (int64_t id = 0; id < vocab_size; ++id) {
+    if (id < tokenizer.vocab_size()) {
+      try {
+        tokenizer.token_bytes(static_cast<int32_t>(id));
+        continue;
+      } catch (const Error&) {
+      }
+    }
+    ids.push_back(static_cast<int32_t>(id));
   }
   return ids;
 }
@@ -62,10 +78,12 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, Sess
   result.stats.prefill_seconds = seconds_since(start);
 
   TextStream text(tokenizer, request.sampling.stop);
+  const std::vector<int32_t> unusable = undecodable_ids(tokenizer, info.vocab_size);
   start = Clock::now();
   result.finish_reason = "length";
   while (static_cast<int64_t>(result.tokens.size()) < request.sampling.max_tokens) {
     std::span<float> row(logits.data<float>(), static_cast<size_t>(info.vocab_size));
+    for (int32_t id : unusable) row[id] = -INFINITY;
     const int32_t next = sampler.sample(row, context, result.tokens.size());
     if (!request.sampling.ignore_eos &&
         std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(), next) != request.stop_token_ids.end()) {

@@ -57,4 +57,8 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, Sess
 // The ids generation should stop at for this tokenizer: its eos token and <|im_end|> if known.
 std::vector<int32_t> default_stop_tokens(const Tokenizer& tokenizer);
 
+// Ids a model of `vocab_size` can emit that the tokenizer has no token for (padding rows of the
+// embedding, gaps in the id space). Generation never samples them: they have no text.
+std::vector<int32_t> undecodable_ids(const Tokenizer& tokenizer, int64_t vocab_size);
+
 }  // namespace tessera

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "serving/generate.h"
 #include "serving/text_stream.h"
 
 namespace tessera {
@@ -121,13 +122,14 @@ BatchScheduler::BatchScheduler(std::shared_ptr<LanguageModel> model, Tokenizer t
   if (blocks < needed)
     fail("kv_memory of {} MiB holds {} positions, less than the model's context of {}; raise kv_memory_mb",
          options_.kv_memory_bytes >> 20, blocks * options_.block_tokens, model_->info().max_seq_len);
-  vocab_bytes_.resize(static_cast<size_t>(tokenizer_.vocab_size()));
+  vocab_bytes_.resize(static_cast<size_t>(std::max<int64_t>(tokenizer_.vocab_size(), model_->info().vocab_size)));
   for (int32_t id = 0; id < tokenizer_.vocab_size(); ++id) {
     try {
       vocab_bytes_[id] = tokenizer_.token_bytes(id);
     } catch (const Error&) {
     }
   }
+  undecodable_ = undecodable_ids(tokenizer_, model_->info().vocab_size);
   stats_.kv_blocks_total = blocks;
   thread_ = std::thread([this] { loop(); });
 }
@@ -398,6 +400,7 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Sequence>>& running) {
 
 void BatchScheduler::sample_next(Sequence& seq, std::span<float> logits) {
   const int64_t vocab = static_cast<int64_t>(logits.size());
+  for (int32_t id : undecodable_) logits[id] = -INFINITY;
   // Log-probabilities of the model's own distribution, before penalties and temperature.
   std::vector<float> raw;
   if (seq.top_logprobs >= 0 || seq.json) raw.assign(logits.begin(), logits.end());

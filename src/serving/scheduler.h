@@ -157,6 +157,7 @@ class BatchScheduler {
   SchedulerOptions options_;
   std::shared_ptr<KvBlockPool> pool_;
   std::vector<std::string> vocab_bytes_;  // every id's bytes, for JSON-constrained decoding
+  std::vector<int32_t> undecodable_;      // ids never sampled (no text)
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -38,8 +38,12 @@ endpoints:
   - name: tiny-completion
     kind: completion
     model: {tiny}
-    max_queue: 4
     max_tokens: 16
+  - name: one-at-a-time
+    kind: completion
+    model: {chat}
+    max_batch: 1
+    max_queue: 4
   - name: databricks-shutterstock-imageai
     kind: image
     model: {image}
