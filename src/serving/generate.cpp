@@ -64,10 +64,14 @@ GenerationResult generate(LanguageModel& model, const Tokenizer& tokenizer, Sess
     ++common;
   common = std::min(common, request.prompt.size() - 1);
   if (session.cache.max_length() == 0) session.cache = model.new_cache();
+  // A kept partial block shared with another cache is copied before the first write into it
+  // (forward reserves, and reserving makes that block private).
   session.cache.truncate(static_cast<int64_t>(common));
   session.tokens.assign(request.prompt.begin(), request.prompt.begin() + static_cast<std::ptrdiff_t>(common));
-  session.cache.reserve(std::min<int64_t>(info.max_seq_len, static_cast<int64_t>(request.prompt.size()) +
-                                                                 request.sampling.max_tokens));
+  // Room for the whole generation up front when the pool has it; otherwise forward reserves
+  // step by step and reports a full pool when it happens.
+  session.cache.try_reserve(std::min<int64_t>(info.max_seq_len, static_cast<int64_t>(request.prompt.size()) +
+                                                                     request.sampling.max_tokens));
 
   std::vector<int32_t> context = request.prompt;
   auto start = Clock::now();

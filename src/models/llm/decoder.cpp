@@ -76,12 +76,12 @@ void DecoderModel::rope(float* x, int64_t heads, int64_t pos) const {
     kernels::rope_interleaved(x, heads, config_.head_dim, pos, inv_freq_.data());
 }
 
-void DecoderModel::attention(int64_t layer, const float* x, int64_t n, KvCache& cache, float* out) {
+void DecoderModel::attention(int64_t layer, const float* x, const RowPlaces& rows, float* out) {
   const auto& c = config_;
   const auto& lw = weights_.layers[layer];
   const int64_t hd = c.head_dim, nh = c.n_heads, nkv = c.kv_heads;
   const int64_t qkv_dim = (nh + 2 * nkv) * hd;
-  const int64_t start = cache.length();
+  const int64_t n = static_cast<int64_t>(rows.pos.size());
 
   std::vector<float> qkv(static_cast<size_t>(n * qkv_dim));
   if (lw.wqkv.defined()) {
@@ -100,23 +100,31 @@ void DecoderModel::attention(int64_t layer, const float* x, int64_t n, KvCache& 
   }
   if (c.clip_qkv) kernels::clamp(qkv.data(), n * qkv_dim, *c.clip_qkv);
 
+  int64_t longest = 0, work = 0;
   for (int64_t t = 0; t < n; ++t) {
     float* row = qkv.data() + t * qkv_dim;
-    rope(row, nh, start + t);
-    rope(row + nh * hd, nkv, start + t);
-    cache.store(layer, start + t, row + nh * hd, row + (nh + nkv) * hd);
+    const int64_t pos = rows.pos[t];
+    rope(row, nh, pos);
+    rope(row + nh * hd, nkv, pos);
+    rows.cache[t]->store(layer, pos, row + nh * hd, row + (nh + nkv) * hd);
+    longest = std::max(longest, pos + 1);
+    work += (pos + 1) * hd;
   }
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = nh / nkv;
   std::vector<float> context(static_cast<size_t>(n * nh * hd));
-  const size_t work_per_job = static_cast<size_t>((start + n) * hd);
-  parallel_for(static_cast<size_t>(n * nh), std::max<size_t>(1, 16384 / std::max<size_t>(1, work_per_job)),
-               [&](size_t begin, size_t end) {
-    std::vector<float> scores(static_cast<size_t>(start + n));
+  const size_t work_per_job = static_cast<size_t>(std::max<int64_t>(1, work / n));
+  // Jobs are (row, head) pairs over the whole batch; each walks its sequence's cache block by
+  // block, since only the positions of one block are contiguous.
+  parallel_for(static_cast<size_t>(n * nh), std::max<size_t>(1, 16384 / work_per_job), [&](size_t begin, size_t end) {
+    std::vector<float> scores(static_cast<size_t>(longest));
     for (size_t job = begin; job < end; ++job) {
       const int64_t t = static_cast<int64_t>(job) / nh, h = static_cast<int64_t>(job) % nh, kvh = h / group;
-      const int64_t visible = start + t + 1;  // causal: positions 0..start+t
+      const KvCache& cache = *rows.cache[t];
+      const int64_t visible = rows.pos[t] + 1;  // causal: positions 0..pos
+      const int64_t bt = cache.block_tokens(), stride = cache.row_size();
+      auto run_at = [&](int64_t j) { return std::min(bt - j % bt, visible - j); };
       const float* q = qkv.data() + t * qkv_dim + h * hd;
       float* ctx = context.data() + (t * nh + h) * hd;
       std::fill(ctx, ctx + hd, 0.0f);
@@ -129,20 +137,31 @@ void DecoderModel::attention(int64_t layer, const float* x, int64_t n, KvCache& 
           for (int64_t d = 0; d < hd; ++d) q16[d] = f16_to_f32(f32_to_f16(q[d]));
           qr = q16;
         }
-        kernels::dot_rows_f16(qr, static_cast<const uint16_t*>(cache.keys(layer, 0)) + kvh * hd, cache.row_size(), visible,
-                              hd, scores.data());
+        for (int64_t j = 0, run = 0; j < visible; j += run) {
+          run = run_at(j);
+          kernels::dot_rows_f16(qr, static_cast<const uint16_t*>(cache.keys(layer, j)) + kvh * hd, stride, run, hd,
+                                scores.data() + j);
+        }
         for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
         kernels::softmax(scores.data(), visible);
-        for (int64_t j = 0; j < visible; ++j)
-          kernels::axpy_f16(f16_to_f32(f32_to_f16(scores[j])), static_cast<const uint16_t*>(cache.values(layer, j)) + kvh * hd,
-                            ctx, hd);
+        for (int64_t j = 0, run = 0; j < visible; j += run) {
+          run = run_at(j);
+          const auto* v = static_cast<const uint16_t*>(cache.values(layer, j)) + kvh * hd;
+          for (int64_t i = 0; i < run; ++i) kernels::axpy_f16(f16_to_f32(f32_to_f16(scores[j + i])), v + i * stride, ctx, hd);
+        }
       } else {
-        kernels::dot_rows(q, static_cast<const float*>(cache.keys(layer, 0)) + kvh * hd, cache.row_size(), visible, hd,
-                          scores.data());
+        for (int64_t j = 0, run = 0; j < visible; j += run) {
+          run = run_at(j);
+          kernels::dot_rows(q, static_cast<const float*>(cache.keys(layer, j)) + kvh * hd, stride, run, hd,
+                            scores.data() + j);
+        }
         for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
         kernels::softmax(scores.data(), visible);
-        for (int64_t j = 0; j < visible; ++j)
-          kernels::axpy(scores[j], static_cast<const float*>(cache.values(layer, j)) + kvh * hd, ctx, hd);
+        for (int64_t j = 0, run = 0; j < visible; j += run) {
+          run = run_at(j);
+          const auto* v = static_cast<const float*>(cache.values(layer, j)) + kvh * hd;
+          for (int64_t i = 0; i < run; ++i) kernels::axpy(scores[j + i], v + i * stride, ctx, hd);
+        }
       }
     }
   });
@@ -233,25 +252,64 @@ void DecoderModel::experts(int64_t layer, const float* x, int64_t n, float* out)
   }
 }
 
-Tensor DecoderModel::forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) {
+void DecoderModel::validate_and_reserve(std::span<const BatchSequence> batch) {
   const auto& c = config_;
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n == 0) fail("forward: no tokens");
-  const int64_t start = cache.length();
-  if (start + n > c.max_seq_len)
-    fail("{}: sequence of {} tokens exceeds max_seq_len {}", info_.name, start + n, c.max_seq_len);
-  for (int32_t id : tokens)
-    if (id < 0 || id >= c.vocab_size) fail("{}: token id {} is out of range (vocab_size {})", info_.name, id, c.vocab_size);
-  cache.reserve(start + n);
+  if (batch.empty()) fail("{}: forward with no sequences", info_.name);
+  for (size_t s = 0; s < batch.size(); ++s) {
+    const BatchSequence& seq = batch[s];
+    if (!seq.cache) fail("{}: sequence {} of the batch has no KV cache", info_.name, s);
+    const KvCache& cache = *seq.cache;
+    if (seq.tokens.empty()) fail("forward: no tokens (sequence {} of the batch)", s);
+    if (cache.max_length() == 0 || cache.layers() != c.n_layers || cache.row_size() != c.kv_heads * c.head_dim)
+      fail("{}: the KV cache of sequence {} was not made for this model (use new_cache())", info_.name, s);
+    const int64_t end = cache.length() + static_cast<int64_t>(seq.tokens.size());
+    if (end > c.max_seq_len) fail("{}: sequence of {} tokens exceeds max_seq_len {}", info_.name, end, c.max_seq_len);
+    if (end > cache.max_length())
+      fail("{}: sequence of {} tokens exceeds its KV cache's max_length {}", info_.name, end, cache.max_length());
+    for (int32_t id : seq.tokens)
+      if (id < 0 || id >= c.vocab_size) fail("{}: token id {} is out of range (vocab_size {})", info_.name, id, c.vocab_size);
+    for (size_t o = 0; o < s; ++o)
+      if (batch[o].cache == seq.cache)
+        fail("{}: sequences {} and {} of the batch share one KV cache", info_.name, o, s);
+  }
+  // All or nothing: a sequence that finds no room undoes the reservations made before it.
+  std::vector<int64_t> had(batch.size());
+  for (size_t s = 0; s < batch.size(); ++s) {
+    KvCache& cache = *batch[s].cache;
+    had[s] = cache.capacity();
+    const int64_t end = cache.length() + static_cast<int64_t>(batch[s].tokens.size());
+    if (cache.try_reserve(end)) continue;
+    for (size_t o = 0; o < s; ++o) batch[o].cache->release_beyond(had[o]);
+    fail("KV cache is full: no room for {} more positions of sequence {} of the batch ({} blocks free in its pool)",
+         batch[s].tokens.size(), s, cache.pool()->free_blocks());
+  }
+}
 
+Tensor DecoderModel::forward_batch(std::span<const BatchSequence> batch) {
+  const auto& c = config_;
+  validate_and_reserve(batch);
+
+  RowPlaces rows;
+  for (const BatchSequence& seq : batch) {
+    const int64_t start = seq.cache->length();
+    for (size_t t = 0; t < seq.tokens.size(); ++t) {
+      rows.cache.push_back(seq.cache);
+      rows.pos.push_back(start + static_cast<int64_t>(t));
+    }
+  }
+  const int64_t n = static_cast<int64_t>(rows.pos.size());
   const int64_t d = c.d_model;
   std::vector<float> hidden(static_cast<size_t>(n * d)), normed(hidden.size()), branch(hidden.size());
-  for (int64_t t = 0; t < n; ++t) embedding_row(weights_.embedding, tokens[t], hidden.data() + t * d);
+  {
+    int64_t r = 0;
+    for (const BatchSequence& seq : batch)
+      for (int32_t id : seq.tokens) embedding_row(weights_.embedding, id, hidden.data() + r++ * d);
+  }
 
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const auto& lw = weights_.layers[l];
     norm(lw.attn_norm, hidden.data(), n, normed.data());
-    attention(l, normed.data(), n, cache, branch.data());
+    attention(l, normed.data(), rows, branch.data());
     kernels::add_inplace(hidden.data(), branch.data(), n * d);
     norm(lw.ffn_norm, hidden.data(), n, normed.data());
     if (c.n_experts > 0)
@@ -260,13 +318,21 @@ Tensor DecoderModel::forward(std::span<const int32_t> tokens, KvCache& cache, bo
       dense_mlp(l, normed.data(), n, branch.data());
     kernels::add_inplace(hidden.data(), branch.data(), n * d);
   }
-  cache.advance(n);
+  for (const BatchSequence& seq : batch) seq.cache->advance(static_cast<int64_t>(seq.tokens.size()));
 
-  const int64_t first = all_logits ? 0 : n - 1;
-  const int64_t rows = n - first;
-  norm(weights_.final_norm, hidden.data() + first * d, rows, normed.data());
-  Tensor logits = Tensor::empty({rows, c.vocab_size});
-  kernels::matmul_nt(normed.data(), rows, WeightMatrix::of(weights_.lm_head), logits.data<float>());
+  // The rows that get logits, gathered in batch order.
+  int64_t picked = 0, r = 0;
+  for (const BatchSequence& seq : batch) {
+    const int64_t len = static_cast<int64_t>(seq.tokens.size());
+    const int64_t first = seq.all_logits ? 0 : len - 1;
+    if (picked != r + first)
+      std::copy_n(hidden.data() + (r + first) * d, (len - first) * d, hidden.data() + picked * d);
+    picked += len - first;
+    r += len;
+  }
+  norm(weights_.final_norm, hidden.data(), picked, normed.data());
+  Tensor logits = Tensor::empty({picked, c.vocab_size});
+  kernels::matmul_nt(normed.data(), picked, WeightMatrix::of(weights_.lm_head), logits.data<float>());
   return logits;
 }
 

@@ -4,8 +4,9 @@
 // dense SwiGLU MLP). Checkpoint readers (Hugging Face safetensors, GGUF) map their tensors into
 // DecoderWeights; weights may be f32/bf16/f16 or block-quantized, used in place.
 //
-// Only routed experts run: a token's top-k experts are chosen by a softmax router; during a
-// prefill the tokens are grouped by expert so each expert does one matrix product.
+// Only routed experts run: a token's top-k experts are chosen by a softmax router; the tokens of
+// a step (a prefill, or many sequences batched) are grouped by expert so each expert does one
+// matrix product.
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -67,12 +68,18 @@ class DecoderModel final : public LanguageModel {
   const DecoderConfig& config() const { return config_; }
   const DecoderWeights& weights() const { return weights_; }
   const LanguageModelInfo& info() const override { return info_; }
-  Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) override;
+  Tensor forward_batch(std::span<const BatchSequence> batch) override;
   size_t weight_bytes() const override { return weight_bytes_; }
   const std::shared_ptr<void>& keep_alive() const { return keep_alive_; }
 
  private:
-  void attention(int64_t layer, const float* x, int64_t n, KvCache& cache, float* out);
+  // Where each row of a batched pass belongs: its sequence's cache and its position there.
+  struct RowPlaces {
+    std::vector<KvCache*> cache;
+    std::vector<int64_t> pos;
+  };
+  void validate_and_reserve(std::span<const BatchSequence> batch);
+  void attention(int64_t layer, const float* x, const RowPlaces& rows, float* out);
   void dense_mlp(int64_t layer, const float* x, int64_t n, float* out);
   void experts(int64_t layer, const float* x, int64_t n, float* out);
   void norm(const Tensor& weight, const float* x, int64_t rows, float* y) const;

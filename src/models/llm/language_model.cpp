@@ -13,32 +13,23 @@
 
 namespace tessera {
 
-KvCache::KvCache(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len, DType dtype)
-    : kv_heads_(kv_heads), head_dim_(head_dim), max_len_(max_len), dtype_(dtype), keys_(layers), values_(layers) {
-  if (dtype != DType::F32 && dtype != DType::F16) fail("KV cache type must be f32 or f16");
+std::shared_ptr<KvBlockPool> LanguageModel::new_block_pool(int64_t max_blocks, int64_t block_tokens) const {
+  const auto& i = info();
+  return std::make_shared<KvBlockPool>(i.n_layers, i.kv_heads, i.head_dim, i.kv_dtype, block_tokens, max_blocks);
 }
 
-void KvCache::reserve(int64_t tokens) {
-  if (tokens <= capacity_) return;
-  tokens = std::min(tokens, max_len_);
-  for (auto& k : keys_) k.resize(static_cast<size_t>(tokens * row_bytes()));
-  for (auto& v : values_) v.resize(static_cast<size_t>(tokens * row_bytes()));
-  capacity_ = tokens;
+KvCache LanguageModel::new_cache(std::shared_ptr<KvBlockPool> pool) const {
+  const auto& i = info();
+  if (!pool) fail("{}: no KV block pool given", i.name);
+  if (pool->layers() != i.n_layers || pool->kv_heads() != i.kv_heads || pool->head_dim() != i.head_dim)
+    fail("{}: the KV block pool is for {} layers x {} heads x {} dims, the model has {} x {} x {}", i.name,
+         pool->layers(), pool->kv_heads(), pool->head_dim(), i.n_layers, i.kv_heads, i.head_dim);
+  return KvCache(std::move(pool), i.max_seq_len);
 }
 
-void KvCache::store(int64_t layer, int64_t pos, const float* keys, const float* values) {
-  const size_t n = static_cast<size_t>(row_size());
-  convert_from_f32(dtype_, keys, keys_[layer].data() + pos * row_bytes(), n);
-  convert_from_f32(dtype_, values, values_[layer].data() + pos * row_bytes(), n);
-}
-
-void KvCache::truncate(int64_t tokens) { length_ = std::clamp<int64_t>(tokens, 0, length_); }
-
-size_t KvCache::bytes() const {
-  size_t total = 0;
-  for (const auto& k : keys_) total += k.capacity();
-  for (const auto& v : values_) total += v.capacity();
-  return total;
+Tensor LanguageModel::forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) {
+  const BatchSequence one{tokens, &cache, all_logits};
+  return forward_batch(std::span(&one, 1));
 }
 
 namespace {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "models/llm/kv_cache.h"
 #include "tokenizers/bpe_tokenizer.h"
 
 namespace tessera {
@@ -28,38 +29,11 @@ struct LanguageModelInfo {
   DType kv_dtype = DType::F32;
 };
 
-// Keys and values of every layer for one sequence, f32 or f16, [position][kv_head][head_dim].
-// Grows on demand (reserve() up front avoids reallocation), so memory follows the sequence
-// length rather than max_seq_len.
-class KvCache {
- public:
-  KvCache() = default;
-  KvCache(int64_t layers, int64_t kv_heads, int64_t head_dim, int64_t max_len, DType dtype = DType::F32);
-
-  int64_t length() const { return length_; }
-  int64_t capacity() const { return capacity_; }
-  int64_t max_length() const { return max_len_; }
-  int64_t row_size() const { return kv_heads_ * head_dim_; }
-  void reserve(int64_t tokens);
-  void clear() { length_ = 0; }
-  void truncate(int64_t tokens);  // drop positions >= tokens (for rewinding)
-  size_t bytes() const;
-
-  DType dtype() const { return dtype_; }
-  // Stores one position's keys and values (row_size() floats each), converting to dtype().
-  void store(int64_t layer, int64_t pos, const float* keys, const float* values);
-  // Raw rows: f32 or f16 (uint16_t) according to dtype().
-  const void* keys(int64_t layer, int64_t pos) const { return keys_[layer].data() + pos * row_bytes(); }
-  const void* values(int64_t layer, int64_t pos) const { return values_[layer].data() + pos * row_bytes(); }
-  // Called by the model after it has written positions [length, length + n).
-  void advance(int64_t n) { length_ += n; }
-
- private:
-  int64_t row_bytes() const { return row_size() * static_cast<int64_t>(dtype_size(dtype_)); }
-  int64_t kv_heads_ = 0, head_dim_ = 0, max_len_ = 0;
-  int64_t length_ = 0, capacity_ = 0;
-  DType dtype_ = DType::F32;
-  std::vector<std::vector<std::byte>> keys_, values_;
+// The inputs of one sequence in a batched forward pass.
+struct BatchSequence {
+  std::span<const int32_t> tokens;  // new tokens to run after the cache's positions (>= 1)
+  KvCache* cache = nullptr;
+  bool all_logits = false;  // logits for every token, else only for the last
 };
 
 class LanguageModel {
@@ -67,15 +41,30 @@ class LanguageModel {
   virtual ~LanguageModel() = default;
   virtual const LanguageModelInfo& info() const = 0;
 
+  // A cache with its own unlimited block pool.
   KvCache new_cache() const {
     const auto& i = info();
     return KvCache(i.n_layers, i.kv_heads, i.head_dim, i.max_seq_len, i.kv_dtype);
   }
+  // A pool of KV blocks for many sequences of this model (max_blocks 0: unlimited).
+  std::shared_ptr<KvBlockPool> new_block_pool(int64_t max_blocks, int64_t block_tokens = 16) const;
+  // A cache drawing its blocks from `pool`, which must have been made for this model.
+  KvCache new_cache(std::shared_ptr<KvBlockPool> pool) const;
 
   // Runs `tokens` after the positions already in `cache`, appending their keys and values.
   // Returns logits [tokens.size(), vocab] when all_logits, else [1, vocab] for the last token.
   // Throws tessera::Error for out-of-range token ids or when max_seq_len would be exceeded.
-  virtual Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits) = 0;
+  // The same as forward_batch with one sequence.
+  virtual Tensor forward(std::span<const int32_t> tokens, KvCache& cache, bool all_logits);
+
+  // Runs several sequences in one pass: every matrix product covers the tokens of all
+  // sequences (one read of the weights per step for all of them); attention uses each
+  // sequence's own cache and positions. Returns logits [rows, vocab], rows concatenated in
+  // batch order (tokens.size() rows for an all_logits sequence, else 1). Results equal
+  // forward() of each sequence alone, up to float rounding of the batched products.
+  // Everything is checked before any cache changes: token ids, max_seq_len, a cache given
+  // twice, and room in the caches' pools (an Error when any is short, no cache changed).
+  virtual Tensor forward_batch(std::span<const BatchSequence> batch) = 0;
 
   // Bytes of weight data the model reads (mapped or owned).
   virtual size_t weight_bytes() const = 0;
