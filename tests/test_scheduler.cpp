@@ -28,6 +28,18 @@ const Tokenizer& tokenizer() {
   return t;
 }
 
+// A real model with a long context: slow enough that a sequence is still running while the
+// test submits more work or cancels it.
+struct Smol {
+  std::filesystem::path path = resolve_model_path("smollm2-135m-instruct");
+  std::shared_ptr<LanguageModel> model = load_language_model(path);
+  Tokenizer tokenizer = load_model_tokenizer(path);
+};
+const Smol& smol() {
+  static Smol s;
+  return s;
+}
+
 std::vector<int32_t> prompt_of(int seed, size_t length) {
   std::vector<int32_t> p;
   for (size_t i = 0; i < length; ++i) p.push_back(static_cast<int32_t>(32 + (seed * 31 + i * 7) % 90));  // byte tokens
@@ -100,10 +112,7 @@ TEST(Scheduler, SharedPrefixIsReused) {
 }
 
 TEST(Scheduler, CancelFreesBlocksAtOnce) {
-  // A real model with a long context, so the sequence is still running when it is cancelled.
-  const auto path = resolve_model_path("smollm2-135m-instruct");
-  std::shared_ptr<LanguageModel> smol = load_language_model(path);
-  BatchScheduler scheduler(smol, load_model_tokenizer(path));
+  BatchScheduler scheduler(smol().model, smol().tokenizer);
   auto stream = scheduler.submit(greedy_request(prompt_of(1, 30), 100000));
   std::vector<ChoiceEvent> events;
   while (events.empty()) stream->next(events, std::chrono::milliseconds(50));
@@ -120,8 +129,8 @@ TEST(Scheduler, FullQueueRefusesAndBadRequestsFail) {
   SchedulerOptions options;
   options.max_batch = 1;
   options.max_queue = 2;
-  BatchScheduler scheduler(model(), tokenizer(), options);
-  auto first = scheduler.submit(greedy_request(prompt_of(1, 4), 200));
+  BatchScheduler scheduler(smol().model, smol().tokenizer, options);
+  auto first = scheduler.submit(greedy_request(prompt_of(1, 4), 100000));
   std::vector<ChoiceEvent> events;
   while (events.empty()) first->next(events, std::chrono::milliseconds(20));  // running, queue empty
   auto second = scheduler.submit(greedy_request(prompt_of(2, 4), 2));
@@ -131,14 +140,14 @@ TEST(Scheduler, FullQueueRefusesAndBadRequestsFail) {
   EXPECT_EQ(collect(*second).finish[0], "length");
   EXPECT_EQ(collect(*third).finish[0], "length");
 
-  EXPECT_NE(testing::error_of([&] { scheduler.submit(greedy_request({}, 2)); }), "");
-  const int64_t ctx = model()->info().max_seq_len;
-  EXPECT_NE(testing::error_of([&] { scheduler.submit(greedy_request(prompt_of(1, static_cast<size_t>(ctx)), 2)); })
+  EXPECT_NE(tessera::testing::error_of([&] { scheduler.submit(greedy_request({}, 2)); }), "");
+  const int64_t ctx = smol().model->info().max_seq_len;
+  EXPECT_NE(tessera::testing::error_of([&] { scheduler.submit(greedy_request(prompt_of(1, static_cast<size_t>(ctx)), 2)); })
                 .find("maximum context length"),
             std::string::npos);
   auto bad = greedy_request(prompt_of(1, 3), 2);
   bad.sampling.top_p = 0;
-  EXPECT_NE(testing::error_of([&] { scheduler.submit(bad); }).find("top_p"), std::string::npos);
+  EXPECT_NE(tessera::testing::error_of([&] { scheduler.submit(bad); }).find("top_p"), std::string::npos);
 }
 
 TEST(Scheduler, ChoicesAreSeededAndRepeatable) {
@@ -176,14 +185,14 @@ TEST(Scheduler, StarvedPoolPreemptsWithoutChangingOutput) {
 TEST(Scheduler, ReservedEndpointGoesFirst) {
   SchedulerOptions options;
   options.max_batch = 1;
-  BatchScheduler scheduler(model(), tokenizer(), options);
-  auto blocker = scheduler.submit(greedy_request(prompt_of(1, 4), 30));
+  BatchScheduler scheduler(smol().model, smol().tokenizer, options);
+  auto blocker = scheduler.submit(greedy_request(prompt_of(1, 4), 150));
   std::vector<ChoiceEvent> events;
   while (events.empty()) blocker->next(events, std::chrono::milliseconds(20));
   auto reservation = std::make_shared<ThroughputReservation>(1e6);
   std::vector<std::shared_ptr<RequestStream>> paygo;
-  for (int i = 0; i < 3; ++i) paygo.push_back(scheduler.submit(greedy_request(prompt_of(2 + i, 4), 20)));
-  auto reserved = scheduler.submit(greedy_request(prompt_of(9, 4), 20), reservation);
+  for (int i = 0; i < 3; ++i) paygo.push_back(scheduler.submit(greedy_request(prompt_of(2 + i, 4), 8)));
+  auto reserved = scheduler.submit(greedy_request(prompt_of(9, 4), 8), reservation);
   // The reserved request preempts the running pay-per-token one and runs before the queue.
   collect(*reserved);
   int unfinished = 0;

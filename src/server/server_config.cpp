@@ -66,14 +66,14 @@ EndpointKind parse_kind(const Reader& r, const std::string& where, const std::st
 
 EndpointConfig parse_endpoint(const Reader& r, const YAML::Node& node, const std::string& where) {
   if (!node.IsMap()) r.bad(where, "expected a mapping with name, kind and model");
-  r.only(node, where,
-         {"name", "kind", "model", "quantize", "prices", "max_batch", "max_queue", "kv_memory_mb",
-          "provisioned_tokens_per_second", "max_tokens", "sizes", "steps", "max_steps", "guidance_scale", "max_images",
-          "image_queue"});
   EndpointConfig e;
   if (!node["name"]) r.bad(where, "name is missing");
   e.name = r.str(node["name"], where + ".name");
   const std::string at = fmt::format("endpoints.{}", e.name);
+  r.only(node, at,
+         {"name", "kind", "model", "quantize", "prices", "max_batch", "max_queue", "kv_memory_mb",
+          "provisioned_tokens_per_second", "max_tokens", "sizes", "steps", "max_steps", "guidance_scale", "max_images",
+          "image_queue"});
   if (!node["kind"]) r.bad(at, "kind is missing (chat, completion or image)");
   e.kind = parse_kind(r, at + ".kind", r.str(node["kind"], at + ".kind"));
   if (!node["model"]) r.bad(at, "model is missing");
