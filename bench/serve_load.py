@@ -427,8 +427,7 @@ def main() -> int:
                     if args.tessera_url:
                         server = Server("tessera", args.tessera_url.rstrip("/"), args.tessera_token)
                     else:
-                        endpoint = {"name": MODEL_NAME, "kind": "chat", "model": str(args.model.resolve()),
-                                    "threads": args.threads}
+                        endpoint = {"name": MODEL_NAME, "kind": "chat", "model": str(args.model.resolve())}
                         server, _ = start_tessera(args.tessera, [endpoint], args.threads, workdir,
                                                   args.ready_timeout, args.tessera_arg)
                 else:

@@ -470,11 +470,10 @@ def main() -> int:
                 drop_key, pid = server.api_key, server.pid
                 token_names = [args.token_name]
             else:
-                endpoints = [{"name": MODEL_NAME, "kind": "chat", "model": str(args.model.resolve()),
-                              "threads": args.threads}]
+                endpoints = [{"name": MODEL_NAME, "kind": "chat", "model": str(args.model.resolve())}]
                 if args.image_model:
                     endpoints.append({"name": IMAGE_NAME, "kind": "image", "model": str(args.image_model.resolve()),
-                                      "threads": args.threads})
+                                      "sizes": [args.image_size]})
                 server, secrets = start_tessera(args.tessera, endpoints, args.threads, workdir, 180,
                                                 args.tessera_arg, token_names)
                 drop_key, pid = secrets[1], server.pid
