@@ -416,3 +416,23 @@ TEST(BatchForward, GenerationWithAReusedPrefixGivesTheSameTokens) {
   Session reference2;
   EXPECT_EQ(generate(*model, tokenizer, second, follow).tokens, generate(*model, tokenizer, reference2, follow).tokens);
 }
+
+TEST(KvCache, CacheLimitFreesTheOldestCachedBlocks) {
+  auto pool = small_pool(4, 8);
+  pool->set_cache_limit(2);
+  const auto a = count_up(10, 8), b = count_up(50, 8);
+  for (const auto* tokens : {&a, &b}) {
+    KvCache cache(pool, 64);
+    fill(cache, *tokens);
+    cache.publish(*tokens);
+  }
+  EXPECT_EQ(pool->cached_blocks(), 2);  // a's two blocks went first
+  auto b_more = b;
+  b_more.push_back(0);
+  KvCache again(pool, 64);
+  EXPECT_EQ(again.reuse_prefix(b_more), 8);
+  auto a_more = a;
+  a_more.push_back(0);
+  KvCache gone(pool, 64);
+  EXPECT_EQ(gone.reuse_prefix(a_more), 0);
+}

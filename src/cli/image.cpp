@@ -97,13 +97,7 @@ void register_image(CLI::App& app) {
         pipeline->generate(request, [&bar](int64_t done, int64_t) { bar.update(done); });
     bar.finish();
     for (const auto& w : result.warnings) fmt::print(stderr, "warning: {}\n", w);
-    PngImage png;
-    png.width = result.width;
-    png.height = result.height;
-    png.channels = 3;
-    png.pixels = result.rgb;
-    png.text = diffusion::image_metadata(request, result);
-    write_png(o->output, png);
+    write_png(o->output, diffusion::image_png(request, result));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     fmt::print(stderr, "wrote {} ({}x{}, seed {}, {} steps, {}, guidance {:g}) in {:.1f} s\n", o->output, result.width,
                result.height, result.seed, result.steps, result.sampler, result.guidance, seconds);

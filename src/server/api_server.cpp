@@ -1,6 +1,7 @@
 #include "server/api_server.h"
 
 #include <openssl/rand.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -809,6 +810,13 @@ ApiServer::~ApiServer() {
 }
 
 int ApiServer::State::bind() {
+  // httplib listens with a backlog of 5: a burst of new connections overflows it and clients
+  // time out connecting. Listening again on the bound socket raises the backlog.
+  int socket_fd = -1;
+  http.set_socket_options([&socket_fd](socket_t sock) {
+    httplib::default_socket_options(sock);
+    socket_fd = sock;
+  });
   int port = config.port;
   if (port == 0) {
     port = http.bind_to_any_port(config.host);
@@ -816,6 +824,7 @@ int ApiServer::State::bind() {
   } else if (!http.bind_to_port(config.host, port)) {
     fail("cannot listen on {}:{} (in use, or not an address of this machine)", config.host, port);
   }
+  if (socket_fd >= 0) ::listen(socket_fd, 1024);
   config.port = port;
   return port;
 }

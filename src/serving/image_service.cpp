@@ -105,13 +105,7 @@ void ImageService::run(ImageJob& job) {
         job.steps_done_.fetch_add(1);
         if (job.cancelled()) throw JobCancelled{};
       });
-      PngImage png;
-      png.width = result.width;
-      png.height = result.height;
-      png.channels = 3;
-      png.pixels = result.rgb;
-      png.text = diffusion::image_metadata(request, result);
-      images.push_back({encode_png(png), request.seed, result.width, result.height});
+      images.push_back({encode_png(diffusion::image_png(request, result)), request.seed, result.width, result.height});
     }
   } catch (const JobCancelled&) {
     error = "cancelled";

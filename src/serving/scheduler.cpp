@@ -117,6 +117,8 @@ BatchScheduler::BatchScheduler(std::shared_ptr<LanguageModel> model, Tokenizer t
   const int64_t blocks =
       std::max<int64_t>(1, static_cast<int64_t>(options_.kv_memory_bytes / std::max<size_t>(1, pool_->bytes_per_block())));
   pool_ = model_->new_block_pool(blocks, options_.block_tokens);
+  // Finished prompts stay cached for reuse in an eighth of the pool (see set_cache_limit).
+  pool_->set_cache_limit(std::max<int64_t>(1, blocks / 8));
   // A sequence must at least fit alone: one that needs more blocks than exist could never run.
   const int64_t needed = (model_->info().max_seq_len + options_.block_tokens - 1) / options_.block_tokens;
   if (blocks < needed)

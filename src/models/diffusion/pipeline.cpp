@@ -281,4 +281,14 @@ std::vector<std::pair<std::string, std::string>> image_metadata(const ImageReque
   return text;
 }
 
+PngImage image_png(const ImageRequest& request, const ImageResult& result) {
+  PngImage png;
+  png.width = result.width;
+  png.height = result.height;
+  png.channels = 3;
+  png.pixels = result.rgb;
+  png.text = image_metadata(request, result);
+  return png;
+}
+
 }  // namespace tessera::diffusion

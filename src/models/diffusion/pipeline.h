@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "formats/png.h"
+
 #include "models/diffusion/blocks.h"
 #include "models/diffusion/scheduler.h"
 
@@ -77,5 +79,8 @@ class DiffusionPipeline {
 
 // The image as PNG text chunks: prompt, negative prompt, seed, steps, sampler, guidance, size.
 std::vector<std::pair<std::string, std::string>> image_metadata(const ImageRequest& request, const ImageResult& result);
+
+// The result as an RGB PNG image carrying image_metadata as text chunks.
+PngImage image_png(const ImageRequest& request, const ImageResult& result);
 
 }  // namespace tessera::diffusion

@@ -147,6 +147,15 @@ void KvBlockPool::release(std::span<const int32_t> ids) {
       free_.push_back(id);
     }
   }
+  if (cache_limit_ > 0)
+    while (static_cast<int64_t>(lru_.size()) > cache_limit_) evict_locked(lru_.front());
+}
+
+void KvBlockPool::set_cache_limit(int64_t blocks) {
+  std::lock_guard lock(mutex_);
+  cache_limit_ = std::max<int64_t>(0, blocks);
+  if (cache_limit_ > 0)
+    while (static_cast<int64_t>(lru_.size()) > cache_limit_) evict_locked(lru_.front());
 }
 
 bool KvBlockPool::is_private(int32_t id) const {

@@ -41,6 +41,10 @@ class KvBlockPool {
   int64_t max_blocks() const { return max_blocks_; }  // 0 = unlimited
   int64_t used_blocks() const;    // referenced by at least one live KvCache
   int64_t cached_blocks() const;  // unreferenced but kept for prefix reuse (evictable)
+  // At most this many cached blocks (0: as many as the pool holds); beyond it the oldest are
+  // freed for reuse, so the memory a pool touches stops growing at the live sequences' peak
+  // plus the limit instead of filling the whole pool with finished conversations.
+  void set_cache_limit(int64_t blocks);
   // Blocks that can still be handed out: max - used (cached ones are evicted on demand);
   // INT64_MAX for an unlimited pool.
   int64_t free_blocks() const;
@@ -89,6 +93,7 @@ class KvBlockPool {
   std::list<int32_t> lru_;        // cached blocks, least recently released first
   std::unordered_multimap<uint64_t, int32_t> index_;  // key -> published block
   int64_t used_ = 0;
+  int64_t cache_limit_ = 0;  // 0: no limit
   uint64_t next_serial_ = 1;
 };
 
