@@ -173,6 +173,8 @@ def test_chat_streams_a_reply_token_by_token(signed_in, server):
     assert CHAT in [o.get_attribute("value") for o in Select(by_id(d, "chat-model")).options]
     Select(by_id(d, "chat-model")).select_by_value(CHAT)
     by_id(d, "system-prompt").send_keys("You are a concise assistant.")
+    by_id(d, "temperature").send_keys(Keys.HOME)  # greedy: the README's screenshot stays the same
+    assert by_id(d, "temperature-value").text == "0"
     by_id(d, "max-tokens").clear()
     by_id(d, "max-tokens").send_keys("48")
     box = by_id(d, "chat-input")
@@ -201,7 +203,7 @@ def test_chat_streams_a_reply_token_by_token(signed_in, server):
     code = wait(d, lambda d: by_id(d, "code-text").text)
     assert f'base_url="{server.url}/v1"' in code and f'model="{CHAT}"' in code
     assert '{"role": "system", "content": "You are a concise assistant."}' in code
-    assert '{"role": "assistant", "content": ' in code and "max_tokens=48" in code
+    assert '{"role": "assistant", "content": ' in code and "max_tokens=48" in code and "temperature=0," in code
     shot(d, "playground-code.png", docs=False)
     by_id(d, "close-code").click()
     # The snippet runs as pasted, with the official SDK, against this server.
@@ -280,6 +282,7 @@ def test_narrow_screen_has_no_horizontal_scroll(signed_in):
             time.sleep(0.2)
             width = d.execute_script("return document.documentElement.scrollWidth")
             assert width <= 375 + 2, f"{tab}: the page is {width}px wide at 375px"
+            shot(d, f"playground-{tab[4:]}-375.png", docs=False)
     finally:
         d.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                           {"width": WIDE[0], "height": WIDE[1], "deviceScaleFactor": 1, "mobile": False})
