@@ -159,6 +159,10 @@ TEST(OpenAiRequests, ImageFields) {
   EXPECT_EQ(bad_param_of([&] { parse_image({{"prompt", "a"}, {"response_format", "jpeg"}}, ep); }), "response_format");
   EXPECT_EQ(bad_param_of([&] { parse_image({{"prompt", ""}}, ep); }), "prompt");
   EXPECT_EQ(bad_param_of([&] { parse_image({{"prompt", 3}}, ep); }), "prompt");
+  // "stream" asks for progress events; off unless given, and it must be a boolean.
+  EXPECT_FALSE(call.stream);
+  EXPECT_TRUE(parse_image({{"prompt", "a"}, {"stream", true}}, ep).stream);
+  EXPECT_EQ(bad_param_of([&] { parse_image({{"prompt", "a"}, {"stream", "yes"}}, ep); }), "stream");
 }
 
 TEST(Metrics, PrometheusText) {

@@ -19,6 +19,7 @@
 #include "models/diffusion/pipeline.h"
 #include "models/llm/quantize.h"
 #include "server/openai_api.h"
+#include "server/web_assets.h"
 #include "serving/chat_format.h"
 #include "serving/generate.h"
 #include "serving/image_service.h"
@@ -139,6 +140,7 @@ struct ApiServer::State {
 
   void handle_llm(const httplib::Request& req, httplib::Response& res, const Caller& caller, json body, bool chat);
   void handle_image(const httplib::Request& req, httplib::Response& res, const Caller& caller, const json& body);
+  json image_data(const ImageJob& job, const ImageCall& call, const std::string& host);
   void meter(const Caller& caller, const Endpoint& ep, const std::string& request_id, int64_t prompt_tokens,
              int64_t completion_tokens, int64_t images, Clock::time_point start, int status);
 };
@@ -603,15 +605,70 @@ void ApiServer::State::handle_image(const httplib::Request& req, httplib::Respon
   }
   const std::string id = "img-" + random_hex(12);
   res.set_header("X-Request-Id", id);
-  while (!job->wait(std::chrono::milliseconds(1000))) {
-  }
-  if (!job->error().empty()) {
-    meter(caller, ep, id, 0, 0, 0, start, 500);
-    throw ApiError(500, "Image generation failed: " + job->error(), "server_error");
-  }
-  json data = json::array();
   const std::string host = req.get_header_value("Host");
-  for (const auto& image : job->images()) {
+  if (!call.stream) {
+    while (!job->wait(std::chrono::milliseconds(1000))) {
+    }
+    if (!job->error().empty()) {
+      meter(caller, ep, id, 0, 0, 0, start, 500);
+      throw ApiError(500, "Image generation failed: " + job->error(), "server_error");
+    }
+    json data = image_data(*job, call, host);
+    meter(caller, ep, id, 0, 0, static_cast<int64_t>(data.size()), start, 200);
+    send_json(res, 200, {{"created", unix_now()}, {"data", data}});
+    return;
+  }
+
+  // Streaming: a progress event whenever a denoising step finishes, then the usual response as
+  // a "result" event. A client that goes away cancels the job at its next step.
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  auto last_step = std::make_shared<int64_t>(-1);
+  Endpoint* ep_ptr = &ep;
+  res.set_chunked_content_provider(
+      "text/event-stream", [this, job, call, host, caller, ep_ptr, id, start, last_step](size_t, httplib::DataSink& sink) {
+        auto write = [&](const std::string& data) { return sink.write(data.data(), data.size()); };
+        const bool finished = job->wait(std::chrono::milliseconds(100));
+        const auto [step, total] = job->progress();
+        if (step != *last_step) {
+          *last_step = step;
+          if (!write("data: " + dump_json({{"type", "progress"}, {"step", step}, {"total", total}}) + "\n\n")) {
+            job->cancel();
+            meter(caller, *ep_ptr, id, 0, 0, 0, start, 499);
+            return false;
+          }
+        }
+        if (!finished) return true;
+        std::string tail;
+        if (!job->error().empty()) {
+          meter(caller, *ep_ptr, id, 0, 0, 0, start, 500);
+          json error = ApiError(500, "Image generation failed: " + job->error(), "server_error").body();
+          error["type"] = "error";
+          tail = "data: " + dump_json(error) + "\n\n";
+        } else {
+          json data;
+          try {
+            data = image_data(*job, call, host);
+          } catch (const std::exception& e) {
+            json error = ApiError(500, e.what(), "server_error").body();
+            error["type"] = "error";
+            write("data: " + dump_json(error) + "\n\ndata: [DONE]\n\n");
+            sink.done();
+            return true;
+          }
+          meter(caller, *ep_ptr, id, 0, 0, static_cast<int64_t>(data.size()), start, 200);
+          tail = "data: " + dump_json({{"type", "result"}, {"created", unix_now()}, {"data", data}}) + "\n\n";
+        }
+        tail += "data: [DONE]\n\n";
+        write(tail);
+        sink.done();
+        return true;
+      });
+}
+
+json ApiServer::State::image_data(const ImageJob& job, const ImageCall& call, const std::string& host) {
+  json data = json::array();
+  for (const auto& image : job.images()) {
     json item = {{"revised_prompt", call.prompt}, {"seed", image.seed}};
     if (call.b64) {
       item["b64_json"] = base64(image.png);
@@ -628,8 +685,7 @@ void ApiServer::State::handle_image(const httplib::Request& req, httplib::Respon
     }
     data.push_back(std::move(item));
   }
-  meter(caller, ep, id, 0, 0, static_cast<int64_t>(data.size()), start, 200);
-  send_json(res, 200, {{"created", unix_now()}, {"data", data}});
+  return data;
 }
 
 void ApiServer::State::clean_images() {
@@ -668,9 +724,26 @@ void ApiServer::State::setup_routes() {
 
   auto models_list = [this](const httplib::Request&, httplib::Response& res, const Caller&) {
     json data = json::array();
-    for (const auto& [name, ep] : endpoints)
-      data.push_back({{"id", name}, {"object", "model"}, {"created", started}, {"owned_by", "tessera"},
-                      {"kind", kind_name(ep.config.kind)}, {"served_model", ep.llm ? ep.llm->model->info().name : ep.config.model}});
+    for (const auto& [name, ep] : endpoints) {
+      json entry = {{"id", name}, {"object", "model"}, {"created", started}, {"owned_by", "tessera"},
+                    {"kind", kind_name(ep.config.kind)}, {"served_model", ep.llm ? ep.llm->model->info().name : ep.config.model}};
+      // Beyond OpenAI's fields, what a client (the playground) needs to offer the right choices.
+      const Prices& p = ep.config.prices;
+      if (ep.images) {
+        entry["pricing"] = {{"per_image", p.per_image}};
+        json sizes = json::array();
+        for (const auto& size : ep.config.sizes) sizes.push_back(size.str());
+        entry["sizes"] = sizes;
+        entry["steps"] = ep.config.steps;
+        entry["max_steps"] = ep.config.max_steps;
+        entry["max_images"] = ep.config.max_images;
+        if (ep.config.guidance_scale) entry["guidance_scale"] = *ep.config.guidance_scale;
+      } else {
+        entry["pricing"] = {{"input_per_million", p.input_per_million}, {"output_per_million", p.output_per_million}};
+        entry["max_tokens"] = ep.config.default_max_tokens;
+      }
+      data.push_back(std::move(entry));
+    }
     send_json(res, 200, {{"object", "list"}, {"data", data}});
   };
   auto model_get = [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
@@ -714,6 +787,20 @@ void ApiServer::State::setup_routes() {
              if (!in) throw ApiError(404, "This image does not exist or has expired.", "invalid_request_error", std::nullopt, "not_found");
              std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
              res.set_content(bytes, "image/png");
+           }, true));
+  // The playground: its files need no token (the page asks for one and sends it with each call).
+  auto web_file = [](const std::string& path, httplib::Response& res) {
+    const auto bytes = web_asset(path);
+    if (!bytes) throw ApiError(404, fmt::format("There is no playground file '{}'.", path), "invalid_request_error", std::nullopt, "not_found");
+    res.set_header("Cache-Control", "no-cache");
+    res.set_header("X-Content-Type-Options", "nosniff");
+    res.set_content(std::string(*bytes), content_type_for(path));
+  };
+  http.Get("/", route("playground", [web_file](const httplib::Request&, httplib::Response& res, const Caller&) {
+             web_file("index.html", res);
+           }, true));
+  http.Get(R"(/web/([A-Za-z0-9._/-]+))", route("playground", [web_file](const httplib::Request& req, httplib::Response& res, const Caller&) {
+             web_file(req.matches[1], res);
            }, true));
   http.Get("/health", route("health", [this](const httplib::Request&, httplib::Response& res, const Caller&) {
              json eps = json::object();

@@ -3,9 +3,10 @@
 //
 // Routes (each under /v1 and /serving-endpoints): chat/completions, completions,
 // images/generations, models; plus /serving-endpoints/{name}/invocations, /health, /metrics,
-// /openapi.yaml and GET /api/2.0/usage. Every route but /health (and image files, whose ids
-// are unguessable capabilities like signed URLs) needs `Authorization: Bearer <token>`. Every
-// answered request is metered (token, endpoint, tokens or images, latency, cost).
+// /openapi.yaml and GET /api/2.0/usage, and the playground (web/) at / and /web/. Every route
+// but /health, the playground's files (the page asks for a token and sends it) and image files
+// (whose ids are unguessable capabilities like signed URLs) needs `Authorization: Bearer
+// <token>`. Every answered request is metered (token, endpoint, tokens or images, latency, cost).
 #include <atomic>
 #include <filesystem>
 #include <functional>

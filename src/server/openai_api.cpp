@@ -338,6 +338,7 @@ ImageCall parse_image(const json& body, const EndpointConfig& endpoint) {
   call.steps = f.integer("steps", 1, endpoint.max_steps);
   if (!call.steps) call.steps = f.integer("num_inference_steps", 1, endpoint.max_steps);
   if (auto g = f.number("guidance_scale", 0, 30)) call.guidance = static_cast<float>(*g);
+  call.stream = f.boolean("stream").value_or(false);
   return call;
 }
 

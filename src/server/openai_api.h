@@ -66,6 +66,7 @@ struct ImageCall {
   std::optional<uint64_t> seed;
   std::optional<int64_t> steps;
   std::optional<float> guidance;
+  bool stream = false;  // SSE: progress events over the denoising steps, then the result
 };
 
 ImageCall parse_image(const nlohmann::json& body, const EndpointConfig& endpoint);
