@@ -2,8 +2,8 @@
 
 The browser cannot resolve any host name and every https URL is blocked, and at the end every
 request the page made is checked to have gone to the server's own origin: the page works offline.
-Screenshots of both tabs go to $TESSERA_ARTIFACTS (default build/e2e-artifacts) and, for the
-README, to docs/.
+Screenshots of both tabs go to $TESSERA_ARTIFACTS (default build/e2e-artifacts); with
+TESSERA_UPDATE_DOCS=1 they also replace the README's copies in docs/.
 """
 import json
 import os
@@ -76,7 +76,7 @@ def by_id(driver, element_id):
 
 
 def shot(driver, name, docs=True):
-    """A test artifact and, for the README, a copy in docs/."""
+    """A test artifact and, when asked (TESSERA_UPDATE_DOCS=1), the README's copy in docs/."""
     collect_requests(driver)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -85,7 +85,7 @@ def shot(driver, name, docs=True):
     # A 256-colour palette keeps the README's images small (generated images are noisy).
     Image.open(path).convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     assert path.stat().st_size < 500_000, f"{name} is {path.stat().st_size} bytes"
-    if docs:
+    if docs and os.environ.get("TESSERA_UPDATE_DOCS") == "1":
         shutil.copy(path, ROOT / "docs" / name)
     return path
 
