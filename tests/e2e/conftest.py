@@ -17,7 +17,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CHAT_MODEL = ROOT / "models" / "smollm2-135m-instruct"
-TINY_DBRX = ROOT / "models" / "dbrx-tiny"
+TINY_DBRX = None  # made by the session with `tessera init` (random weights), see tiny_dbrx()
 IMAGE_MODEL = ROOT / "tests" / "fixtures" / "diffusion" / "sd"
 
 CONFIG = """
@@ -141,13 +141,25 @@ def tessera_bin():
     return path
 
 
+def tiny_dbrx(tessera_bin, tmp_path_factory):
+    """A random DBRX of the dbrx-tiny preset (cl100k tokenizer, 2048 context), made once."""
+    global TINY_DBRX
+    if TINY_DBRX is None:
+        path = tmp_path_factory.mktemp("models") / "dbrx-tiny"
+        subprocess.run([str(tessera_bin), "init", "--preset", "dbrx-tiny", "-o", str(path), "--seed", "1"],
+                       check=True, capture_output=True, timeout=120)
+        TINY_DBRX = path
+    return TINY_DBRX
+
+
 def start_server(tessera_bin, tmp_path_factory, template, name):
-    for needed in (CHAT_MODEL, TINY_DBRX, IMAGE_MODEL):
+    for needed in (CHAT_MODEL, IMAGE_MODEL):
         if not needed.exists():
             pytest.fail(f"{needed} is missing: run scripts/setup")
+    tiny = tiny_dbrx(tessera_bin, tmp_path_factory)
     data = tmp_path_factory.mktemp(name)
     config = data / "serve.yaml"
-    config.write_text(template.format(chat=CHAT_MODEL, tiny=TINY_DBRX, image=IMAGE_MODEL))
+    config.write_text(template.format(chat=CHAT_MODEL, tiny=tiny, image=IMAGE_MODEL))
     return Server(tessera_bin, data, config)
 
 

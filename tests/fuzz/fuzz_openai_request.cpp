@@ -3,19 +3,20 @@
 // parsed chat request's prompt decodes back to the text it was made from.
 #include <cstddef>
 #include <cstdint>
+#include <filesystem>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "core/paths.h"
 #include "server/openai_api.h"
 
 using namespace tessera;
 using namespace tessera::server;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const Tokenizer tokenizer = Tokenizer::load_for_model(models_dir() / "dbrx-tiny");
+  static const Tokenizer tokenizer =
+      Tokenizer::load_for_model(std::filesystem::path(TESSERA_SOURCE_DIR) / "tests/fixtures/dbrx/e4_top2_d64_clip_f32");
   static const ChatFormat format;
   static const EndpointConfig image_endpoint;
   nlohmann::json body;
