@@ -327,7 +327,7 @@ void ApiServer::State::handle_llm(const httplib::Request& req, httplib::Response
   LlmCall call = chat ? parse_chat(body, llm.tokenizer, llm.format, ep.config.default_max_tokens)
                       : parse_completion(body, llm.tokenizer, ep.config.default_max_tokens);
   if (call.echo && call.logprobs) throw bad_param("echo", "echo together with logprobs is not supported");
-  call.request.stop_token_ids = default_stop_tokens(llm.tokenizer);
+  if (!call.request.sampling.ignore_eos) call.request.stop_token_ids = default_stop_tokens(llm.tokenizer);
   call.request.endpoint = ep.config.name;
   const int64_t context = llm.model->info().max_seq_len;
   int64_t prompt_tokens = 0;

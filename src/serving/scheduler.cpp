@@ -441,12 +441,8 @@ void BatchScheduler::sample_next(Sequence& seq, std::span<float> logits) {
 
   ChoiceEvent event;
   event.choice = seq.choice;
-  const bool is_stop_id = std::find(seq.stop_ids.begin(), seq.stop_ids.end(), next) != seq.stop_ids.end();
-  if (is_stop_id && !seq.json) {
-    finish(seq, "stop");
-    return;
-  }
-  if (is_stop_id) {  // JSON complete: the end token ends it
+  // An end token (allowed under a JSON constraint only once the document is complete).
+  if (std::find(seq.stop_ids.begin(), seq.stop_ids.end(), next) != seq.stop_ids.end()) {
     finish(seq, "stop");
     return;
   }

@@ -299,3 +299,11 @@ def test_metrics_and_usage(server, client):
     assert r.json()["usage"] == []
     error_of(requests.get(f"{server.url}/api/2.0/usage", params={"start_time": "yesterday"}, headers=server.headers(),
                           timeout=10), 400)
+
+
+def test_ignore_eos_runs_to_max_tokens(client):
+    short = greedy(client, "What is the capital of France?", max_tokens=40)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 40
+    full = greedy(client, "What is the capital of France?", max_tokens=40, extra_body={"ignore_eos": True})
+    assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 40
+    assert full.choices[0].message.content.startswith(short.choices[0].message.content)
