@@ -166,7 +166,9 @@ void ApiServer::State::load_endpoints() {
     Endpoint ep;
     ep.config = ec;
     const auto path = resolve_model_path(ec.model);
-    if (!std::filesystem::exists(path)) fail("endpoint '{}': model '{}' is not a file, a folder or an installed model", ec.name, ec.model);
+    if (!std::filesystem::exists(path))
+      fail("endpoint '{}': model '{}' is not a file, a folder or an installed model{}", ec.name, ec.model,
+           path.is_relative() && !ec.model.empty() && ec.model.find('/') == std::string::npos ? " (scripts/setup installs the defaults)" : "");
     if (ec.kind == EndpointKind::Image) {
       log(fmt::format("loading image model {} for {}", path.string(), ec.name));
       std::shared_ptr<diffusion::DiffusionPipeline> pipeline = diffusion::DiffusionPipeline::load(path);
