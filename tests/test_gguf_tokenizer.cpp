@@ -124,7 +124,7 @@ std::vector<int32_t> bytes_of(std::string_view s) {
 
 TEST(GgufTokenizer, SmolLM2MatchesLlamaCpp) {
   REQUIRE_SMOLLM();
-  const fs::path golden = fs::path(TESSERA_SOURCE_DIR) / "tests/fixtures/tokenizer/smollm2_cases.json";
+  const fs::path golden = tessera::source_tree_dir() / "tests/fixtures/tokenizer/smollm2_cases.json";
   std::ifstream in(golden, std::ios::binary);
   ASSERT_TRUE(in.good()) << golden << " is missing (tools/golden/make_gguf_tokenizer_golden.py)";
   const json fixture = json::parse(in);
@@ -148,7 +148,7 @@ TEST(GgufTokenizer, SmolLM2MatchesLlamaCpp) {
 // the file with tokenizer.ggml.pre changed, against llama.cpp on the same copy.
 TEST(GgufTokenizer, OtherPreTokenizersMatchLlamaCpp) {
   ASSERT_TRUE(fs::exists(smollm_path())) << smollm_path() << " is missing: run scripts/setup";
-  const fs::path golden = fs::path(TESSERA_SOURCE_DIR) / "tests/fixtures/tokenizer/smollm2_cases.json";
+  const fs::path golden = tessera::source_tree_dir() / "tests/fixtures/tokenizer/smollm2_cases.json";
   std::ifstream in(golden, std::ios::binary);
   ASSERT_TRUE(in.good()) << golden << " is missing (tools/golden/make_gguf_tokenizer_golden.py)";
   const json fixture = json::parse(in);
@@ -187,7 +187,7 @@ TEST(GgufTokenizer, OtherPreTokenizersMatchLlamaCpp) {
 
 TEST(GgufTokenizer, SmolLM2DecodeInvertsEncode) {
   REQUIRE_SMOLLM();
-  const fs::path golden = fs::path(TESSERA_SOURCE_DIR) / "tests/fixtures/tokenizer/smollm2_cases.json";
+  const fs::path golden = tessera::source_tree_dir() / "tests/fixtures/tokenizer/smollm2_cases.json";
   std::ifstream in(golden, std::ios::binary);
   ASSERT_TRUE(in.good()) << golden << " is missing";
   const json cases = json::parse(in).at("cases");  // kept alive for the loop

@@ -27,7 +27,7 @@ using tessera::Tokenizer;
 
 namespace {
 
-fs::path fixtures() { return fs::path(TESSERA_SOURCE_DIR) / "tests" / "fixtures" / "tokenizer"; }
+fs::path fixtures() { return tessera::source_tree_dir() / "tests" / "fixtures" / "tokenizer"; }
 
 fs::path cl100k_path() { return tessera::models_dir() / "tokenizers" / "cl100k_base.tiktoken"; }
 

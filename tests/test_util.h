@@ -12,10 +12,13 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/paths.h"
 
 namespace tessera::testing {
 
-inline std::filesystem::path source_dir() { return TESSERA_SOURCE_DIR; }
+inline std::filesystem::path source_dir() { return source_tree_dir(); }
+// The tessera executable next to the tests (tests/test_paths.cpp).
+const char* tessera_binary();
 inline std::filesystem::path fixtures() { return source_dir() / "tests" / "fixtures"; }
 
 class TempDir {
@@ -68,7 +71,7 @@ struct CommandResult {
 inline CommandResult run_tessera(const std::string& args, const std::string& stdin_path = "/dev/null") {
   TempDir tmp;
   const auto out = tmp / "out", err = tmp / "err";
-  const std::string cmd = std::string("'") + TESSERA_BINARY + "' " + args + " >'" + out.string() + "' 2>'" +
+  const std::string cmd = std::string("'") + tessera_binary() + "' " + args + " >'" + out.string() + "' 2>'" +
                           err.string() + "' <'" + stdin_path + "'";
   CommandResult r;
   pid_t pid = fork();

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/paths.h"
 #include "core/error.h"
 #include "server/openai_api.h"
 
@@ -16,7 +17,7 @@ using namespace tessera::server;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const Tokenizer tokenizer =
-      Tokenizer::load_for_model(std::filesystem::path(TESSERA_SOURCE_DIR) / "tests/fixtures/dbrx/e4_top2_d64_clip_f32");
+      Tokenizer::load_for_model(tessera::source_tree_dir() / "tests/fixtures/dbrx/e4_top2_d64_clip_f32");
   static const ChatFormat format;
   static const EndpointConfig image_endpoint;
   nlohmann::json body;
