@@ -1,0 +1,344 @@
+#include "autograd/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "core/thread_pool.h"
+#include "kernels/cpu/gemm.h"
+
+namespace tessera::autograd {
+
+namespace {
+
+// Rows per parallel chunk so that each chunk holds at least ~16k elements of work.
+size_t row_grain(int64_t width) { return static_cast<size_t>(std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width))); }
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+}  // namespace
+
+void linear_forward(const float* x, int64_t n, int64_t k, const float* w, int64_t m, float* y) {
+  if (n == 0) return;
+  kernels::sgemm(false, true, n, m, k, 1.0f, x, k, w, k, 0.0f, y, m);
+}
+
+void linear_backward(const float* dy, const float* x, int64_t n, int64_t k, const float* w, int64_t m, float* dx,
+                     float* dw) {
+  if (n == 0) return;
+  if (dx) kernels::sgemm(false, false, n, k, m, 1.0f, dy, m, w, k, 1.0f, dx, k);
+  if (dw) kernels::sgemm(true, false, m, k, n, 1.0f, dy, m, x, k, 1.0f, dw, k);
+}
+
+void embedding_forward(const int32_t* ids, int64_t n, const float* table, int64_t d, float* y) {
+  for (int64_t t = 0; t < n; ++t) std::copy_n(table + static_cast<int64_t>(ids[t]) * d, d, y + t * d);
+}
+
+void embedding_backward(const int32_t* ids, int64_t n, const float* dy, int64_t d, float* dtable) {
+  // Serial: two rows of the same id must not race.
+  for (int64_t t = 0; t < n; ++t) {
+    float* row = dtable + static_cast<int64_t>(ids[t]) * d;
+    const float* g = dy + t * d;
+    for (int64_t i = 0; i < d; ++i) row[i] += g[i];
+  }
+}
+
+void layer_norm_forward(const float* x, int64_t rows, int64_t d, const float* weight, float eps, float* y, float* mean,
+                        float* rstd) {
+  parallel_for(static_cast<size_t>(rows), row_grain(d), [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      const float* in = x + r * d;
+      float* out = y + r * d;
+      double sum = 0;
+      for (int64_t i = 0; i < d; ++i) sum += in[i];
+      const double mu = sum / static_cast<double>(d);
+      double var = 0;
+      for (int64_t i = 0; i < d; ++i) var += (in[i] - mu) * (in[i] - mu);
+      var /= static_cast<double>(d);
+      const float inv = static_cast<float>(1.0 / std::sqrt(var + eps));
+      const float m = static_cast<float>(mu);
+      for (int64_t i = 0; i < d; ++i) out[i] = (in[i] - m) * inv * weight[i];
+      mean[r] = m;
+      rstd[r] = inv;
+    }
+  });
+}
+
+void layer_norm_backward(const float* dy, const float* x, int64_t rows, int64_t d, const float* weight,
+                         const float* mean, const float* rstd, float* dx, float* dweight) {
+  // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * weight; the weight's
+  // gradient sums dy * xhat over rows, collected per chunk and added up serially.
+  const size_t chunk_rows = std::max<size_t>(row_grain(d), static_cast<size_t>(rows) / 64 + 1);
+  const size_t chunks = (static_cast<size_t>(rows) + chunk_rows - 1) / chunk_rows;
+  std::vector<float> partial(chunks * static_cast<size_t>(d), 0.0f);
+  parallel_for(chunks, 1, [&](size_t cb, size_t ce) {
+    std::vector<float> g(static_cast<size_t>(d));
+    for (size_t c = cb; c < ce; ++c) {
+      float* dw = partial.data() + c * d;
+      const size_t r_end = std::min<size_t>(static_cast<size_t>(rows), (c + 1) * chunk_rows);
+      for (size_t r = c * chunk_rows; r < r_end; ++r) {
+        const float* in = x + r * d;
+        const float* gy = dy + r * d;
+        const float m = mean[r], inv = rstd[r];
+        double sum_g = 0, sum_gx = 0;
+        for (int64_t i = 0; i < d; ++i) {
+          const float xhat = (in[i] - m) * inv;
+          g[i] = gy[i] * weight[i];
+          sum_g += g[i];
+          sum_gx += static_cast<double>(g[i]) * xhat;
+          dw[i] += gy[i] * xhat;
+        }
+        const float mean_g = static_cast<float>(sum_g / static_cast<double>(d));
+        const float mean_gx = static_cast<float>(sum_gx / static_cast<double>(d));
+        float* out = dx + r * d;
+        for (int64_t i = 0; i < d; ++i) {
+          const float xhat = (in[i] - m) * inv;
+          out[i] += inv * (g[i] - mean_g - xhat * mean_gx);
+        }
+      }
+    }
+  });
+  if (dweight)
+    for (size_t c = 0; c < chunks; ++c)
+      for (int64_t i = 0; i < d; ++i) dweight[i] += partial[c * d + i];
+}
+
+void clamp_forward(const float* x, int64_t n, float limit, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::clamp(x[i], -limit, limit);
+}
+
+void clamp_backward(const float* dy, const float* x, int64_t n, float limit, float* dx) {
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] >= -limit && x[i] <= limit) dx[i] += dy[i];
+}
+
+namespace {
+
+// Rotates pairs (i, i + half) of every head by +angle (sign 1) or -angle (sign -1).
+void rope_rotate(float* x, int64_t rows, int64_t stride, int64_t heads, int64_t head_dim, const int64_t* positions,
+                 const float* inv_freq, float sign) {
+  const int64_t half = head_dim / 2;
+  parallel_for(static_cast<size_t>(rows), row_grain(heads * head_dim), [&](size_t begin, size_t end) {
+    std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
+    for (size_t r = begin; r < end; ++r) {
+      const float pos = static_cast<float>(positions[r]);
+      for (int64_t i = 0; i < half; ++i) {
+        // float32 angles, as the references compute them.
+        const float angle = pos * inv_freq[i];
+        cos_v[i] = std::cos(angle);
+        sin_v[i] = sign * std::sin(angle);
+      }
+      float* row = x + r * stride;
+      for (int64_t h = 0; h < heads; ++h) {
+        float* v = row + h * head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = v[i], b = v[i + half];
+          v[i] = a * cos_v[i] - b * sin_v[i];
+          v[i + half] = b * cos_v[i] + a * sin_v[i];
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void rope_forward(float* x, int64_t rows, int64_t stride, int64_t heads, int64_t head_dim, const int64_t* positions,
+                  const float* inv_freq) {
+  rope_rotate(x, rows, stride, heads, head_dim, positions, inv_freq, 1.0f);
+}
+
+void rope_backward(float* dx, int64_t rows, int64_t stride, int64_t heads, int64_t head_dim, const int64_t* positions,
+                   const float* inv_freq) {
+  rope_rotate(dx, rows, stride, heads, head_dim, positions, inv_freq, -1.0f);
+}
+
+namespace {
+
+// scores[t, t] = scale * q . k^T with the future masked, then softmax per row (in place).
+void causal_softmax_scores(const float* q, const float* k, int64_t t, int64_t hd, int64_t ld, float scale,
+                           float* scores) {
+  kernels::sgemm(false, true, t, t, hd, scale, q, ld, k, ld, 0.0f, scores, t);
+  for (int64_t i = 0; i < t; ++i) {
+    float* row = scores + i * t;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j <= i; ++j) mx = std::max(mx, row[j]);
+    double sum = 0;
+    for (int64_t j = 0; j <= i; ++j) {
+      row[j] = std::exp(row[j] - mx);
+      sum += row[j];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
+    for (int64_t j = i + 1; j < t; ++j) row[j] = 0.0f;
+  }
+}
+
+}  // namespace
+
+void attention_forward(const AttentionShape& s, const float* q, const float* k, const float* v, float* ctx) {
+  const int64_t hd = s.head_dim, group = s.heads / s.kv_heads, ctx_ld = s.heads * hd;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // One job per (sequence, head); the products inside run on the job's own thread.
+  parallel_for(static_cast<size_t>(s.batch * s.heads), 1, [&](size_t begin, size_t end) {
+    std::vector<float> p(static_cast<size_t>(s.t * s.t));
+    for (size_t job = begin; job < end; ++job) {
+      const int64_t b = static_cast<int64_t>(job) / s.heads, h = static_cast<int64_t>(job) % s.heads;
+      const int64_t kvh = h / group, row0 = b * s.t;
+      causal_softmax_scores(q + row0 * s.ld + h * hd, k + row0 * s.ld + kvh * hd, s.t, hd, s.ld, scale, p.data());
+      kernels::sgemm(false, false, s.t, hd, s.t, 1.0f, p.data(), s.t, v + row0 * s.ld + kvh * hd, s.ld, 0.0f,
+                     ctx + row0 * ctx_ld + h * hd, ctx_ld);
+    }
+  });
+}
+
+void attention_backward(const AttentionShape& s, const float* q, const float* k, const float* v, const float* dctx,
+                        float* dq, float* dk, float* dv) {
+  const int64_t hd = s.head_dim, group = s.heads / s.kv_heads, ctx_ld = s.heads * hd, t = s.t;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  // One job per (sequence, kv head): the query heads sharing a kv head add into the same dk, dv,
+  // so they run in one job, one after another.
+  parallel_for(static_cast<size_t>(s.batch * s.kv_heads), 1, [&](size_t begin, size_t end) {
+    std::vector<float> p(static_cast<size_t>(t * t)), dp(p.size());
+    for (size_t job = begin; job < end; ++job) {
+      const int64_t b = static_cast<int64_t>(job) / s.kv_heads, kvh = static_cast<int64_t>(job) % s.kv_heads;
+      const int64_t row0 = b * t;
+      const float* kk = k + row0 * s.ld + kvh * hd;
+      const float* vv = v + row0 * s.ld + kvh * hd;
+      float* dkk = dk + row0 * s.ld + kvh * hd;
+      float* dvv = dv + row0 * s.ld + kvh * hd;
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+        const float* qq = q + row0 * s.ld + h * hd;
+        const float* dc = dctx + row0 * ctx_ld + h * hd;
+        causal_softmax_scores(qq, kk, t, hd, s.ld, scale, p.data());
+        // dv += p^T . dctx;  dp = dctx . v^T
+        kernels::sgemm(true, false, t, hd, t, 1.0f, p.data(), t, dc, ctx_ld, 1.0f, dvv, s.ld);
+        kernels::sgemm(false, true, t, t, hd, 1.0f, dc, ctx_ld, vv, s.ld, 0.0f, dp.data(), t);
+        // Through the softmax: ds = p * (dp - sum_j dp * p), zero above the diagonal.
+        for (int64_t i = 0; i < t; ++i) {
+          float* dpr = dp.data() + i * t;
+          const float* pr = p.data() + i * t;
+          double dot = 0;
+          for (int64_t j = 0; j <= i; ++j) dot += static_cast<double>(dpr[j]) * pr[j];
+          const float c = static_cast<float>(dot);
+          for (int64_t j = 0; j <= i; ++j) dpr[j] = pr[j] * (dpr[j] - c);
+          for (int64_t j = i + 1; j < t; ++j) dpr[j] = 0.0f;
+        }
+        // dq += scale * ds . k;  dk += scale * ds^T . q
+        kernels::sgemm(false, false, t, hd, t, scale, dp.data(), t, kk, s.ld, 1.0f, dq + row0 * s.ld + h * hd, s.ld);
+        kernels::sgemm(true, false, t, hd, t, scale, dp.data(), t, qq, s.ld, 1.0f, dkk, s.ld);
+      }
+    }
+  });
+}
+
+void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+}
+
+void swiglu_backward(const float* dout, const float* gate, const float* up, int64_t n, float* dgate, float* dup) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = sigmoid(gate[i]);
+    const float silu = gate[i] * s;
+    dup[i] += dout[i] * silu;
+    // d silu / dx = s * (1 + x * (1 - s))
+    dgate[i] += dout[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
+  }
+}
+
+void softmax_forward(const float* x, int64_t rows, int64_t n, float* y) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = x + r * n;
+    float* out = y + r * n;
+    const float mx = *std::max_element(in, in + n);
+    double sum = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      out[i] = std::exp(in[i] - mx);
+      sum += out[i];
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    for (int64_t i = 0; i < n; ++i) out[i] *= inv;
+  }
+}
+
+void softmax_backward(const float* dy, const float* y, int64_t rows, int64_t n, float* dx) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = dy + r * n;
+    const float* p = y + r * n;
+    double dot = 0;
+    for (int64_t i = 0; i < n; ++i) dot += static_cast<double>(g[i]) * p[i];
+    const float c = static_cast<float>(dot);
+    for (int64_t i = 0; i < n; ++i) dx[r * n + i] += p[i] * (g[i] - c);
+  }
+}
+
+void top_k_route(const float* probs, int64_t experts, int64_t top_k, std::optional<double> norm_p, int32_t* index,
+                 float* weight) {
+  // Selection by repeated maximum: top_k is small, and ties go to the lower index.
+  std::vector<bool> taken(static_cast<size_t>(experts), false);
+  for (int64_t i = 0; i < top_k; ++i) {
+    int64_t best = -1;
+    for (int64_t e = 0; e < experts; ++e)
+      if (!taken[e] && (best < 0 || probs[e] > probs[best])) best = e;
+    taken[best] = true;
+    index[i] = static_cast<int32_t>(best);
+    weight[i] = probs[best];
+  }
+  if (norm_p) {
+    double acc = 0;
+    for (int64_t i = 0; i < top_k; ++i) acc += std::pow(std::fabs(static_cast<double>(weight[i])), *norm_p);
+    const double norm = std::pow(acc, 1.0 / *norm_p);
+    for (int64_t i = 0; i < top_k; ++i) weight[i] = static_cast<float>(weight[i] / norm);
+  }
+}
+
+void top_k_route_backward(const float* dweight, const float* probs, const int32_t* index, int64_t top_k,
+                          std::optional<double> norm_p, float* dprobs) {
+  if (!norm_p) {
+    for (int64_t i = 0; i < top_k; ++i) dprobs[index[i]] += dweight[i];
+    return;
+  }
+  // w_i = v_i / S with S = (sum_j |v_j|^p)^(1/p):
+  // dv_j = dw_j / S - (sum_i dw_i v_i) / S^2 * dS/dv_j,  dS/dv_j = sign(v_j) |v_j|^(p-1) S^(1-p).
+  const double p = *norm_p;
+  double acc = 0;
+  for (int64_t i = 0; i < top_k; ++i) acc += std::pow(std::fabs(static_cast<double>(probs[index[i]])), p);
+  const double norm = std::pow(acc, 1.0 / p);
+  double dot = 0;
+  for (int64_t i = 0; i < top_k; ++i) dot += static_cast<double>(dweight[i]) * probs[index[i]];
+  for (int64_t j = 0; j < top_k; ++j) {
+    const double v = probs[index[j]];
+    const double ds = (v < 0 ? -1.0 : 1.0) * std::pow(std::fabs(v), p - 1.0) * std::pow(norm, 1.0 - p);
+    dprobs[index[j]] += static_cast<float>(dweight[j] / norm - dot / (norm * norm) * ds);
+  }
+}
+
+double cross_entropy(const float* logits, const int32_t* targets, int64_t rows, int64_t vocab, float scale,
+                     float* dlogits) {
+  std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
+  parallel_for(static_cast<size_t>(rows), row_grain(vocab), [&](size_t begin, size_t end) {
+    for (size_t r = begin; r < end; ++r) {
+      const float* z = logits + r * vocab;
+      const int32_t target = targets[r];
+      if (target < 0) {
+        if (dlogits) std::fill(dlogits + r * vocab, dlogits + (r + 1) * vocab, 0.0f);
+        continue;
+      }
+      const float mx = *std::max_element(z, z + vocab);
+      double sum = 0;
+      for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(z[i] - mx));
+      const double log_sum = std::log(sum) + mx;
+      row_loss[r] = log_sum - z[target];
+      if (dlogits) {
+        float* g = dlogits + r * vocab;
+        for (int64_t i = 0; i < vocab; ++i)
+          g[i] = scale * static_cast<float>(std::exp(static_cast<double>(z[i]) - log_sum));
+        g[target] -= scale;
+      }
+    }
+  });
+  return std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
+}
+
+}  // namespace tessera::autograd
