@@ -90,14 +90,15 @@ TEST(AutogradOps, RopeBackwardIsTheInverseRotation) {
   std::vector<int64_t> pos = {0, 1, 2, 5, 17, 300};
   std::vector<float> inv_freq(hd / 2);
   for (int64_t i = 0; i < hd / 2; ++i) inv_freq[i] = 1.0f / std::pow(10000.0f, 2.0f * i / hd);
+  const ag::RopeTable table(301, hd, inv_freq.data());
   auto x = random_vector(rng, rows * stride), r = random_vector(rng, rows * stride);
   std::vector<float> y, dx = r;
   auto objective = [&] {
     y = x;
-    ag::rope_forward(y.data(), rows, stride, heads, hd, pos.data(), inv_freq.data());
+    ag::rope_forward(y.data(), rows, stride, heads, pos.data(), table);
     return weighted_sum(y, r);
   };
-  ag::rope_backward(dx.data(), rows, stride, heads, hd, pos.data(), inv_freq.data());
+  ag::rope_backward(dx.data(), rows, stride, heads, pos.data(), table);
   check_gradient("rope dx", x, dx, objective);
 }
 

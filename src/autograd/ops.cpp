@@ -113,29 +113,34 @@ void clamp_backward(const float* dy, const float* x, int64_t n, float limit, flo
     if (x[i] >= -limit && x[i] <= limit) dx[i] += dy[i];
 }
 
+RopeTable::RopeTable(int64_t positions, int64_t head_dim, const float* inv_freq) : half(head_dim / 2) {
+  cos.resize(static_cast<size_t>(positions * half));
+  sin.resize(cos.size());
+  for (int64_t p = 0; p < positions; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(p) * inv_freq[i];
+      cos[p * half + i] = std::cos(angle);
+      sin[p * half + i] = std::sin(angle);
+    }
+}
+
 namespace {
 
 // Rotates pairs (i, i + half) of every head by +angle (sign 1) or -angle (sign -1).
-void rope_rotate(float* x, int64_t rows, int64_t stride, int64_t heads, int64_t head_dim, const int64_t* positions,
-                 const float* inv_freq, float sign) {
-  const int64_t half = head_dim / 2;
+void rope_rotate(float* x, int64_t rows, int64_t stride, int64_t heads, const int64_t* positions,
+                 const RopeTable& table, float sign) {
+  const int64_t half = table.half, head_dim = 2 * half;
   parallel_for(static_cast<size_t>(rows), row_grain(heads * head_dim), [&](size_t begin, size_t end) {
-    std::vector<float> cos_v(static_cast<size_t>(half)), sin_v(static_cast<size_t>(half));
     for (size_t r = begin; r < end; ++r) {
-      const float pos = static_cast<float>(positions[r]);
-      for (int64_t i = 0; i < half; ++i) {
-        // float32 angles, as the references compute them.
-        const float angle = pos * inv_freq[i];
-        cos_v[i] = std::cos(angle);
-        sin_v[i] = sign * std::sin(angle);
-      }
+      const float* cs = table.cos.data() + positions[r] * half;
+      const float* sn = table.sin.data() + positions[r] * half;
       float* row = x + r * stride;
       for (int64_t h = 0; h < heads; ++h) {
         float* v = row + h * head_dim;
         for (int64_t i = 0; i < half; ++i) {
-          const float a = v[i], b = v[i + half];
-          v[i] = a * cos_v[i] - b * sin_v[i];
-          v[i + half] = b * cos_v[i] + a * sin_v[i];
+          const float a = v[i], b = v[i + half], sin_v = sign * sn[i];
+          v[i] = a * cs[i] - b * sin_v;
+          v[i + half] = b * cs[i] + a * sin_v;
         }
       }
     }
@@ -144,14 +149,14 @@ void rope_rotate(float* x, int64_t rows, int64_t stride, int64_t heads, int64_t 
 
 }  // namespace
 
-void rope_forward(float* x, int64_t rows, int64_t stride, int64_t heads, int64_t head_dim, const int64_t* positions,
-                  const float* inv_freq) {
-  rope_rotate(x, rows, stride, heads, head_dim, positions, inv_freq, 1.0f);
+void rope_forward(float* x, int64_t rows, int64_t stride, int64_t heads, const int64_t* positions,
+                  const RopeTable& table) {
+  rope_rotate(x, rows, stride, heads, positions, table, 1.0f);
 }
 
-void rope_backward(float* dx, int64_t rows, int64_t stride, int64_t heads, int64_t head_dim, const int64_t* positions,
-                   const float* inv_freq) {
-  rope_rotate(dx, rows, stride, heads, head_dim, positions, inv_freq, -1.0f);
+void rope_backward(float* dx, int64_t rows, int64_t stride, int64_t heads, const int64_t* positions,
+                   const RopeTable& table) {
+  rope_rotate(dx, rows, stride, heads, positions, table, -1.0f);
 }
 
 namespace {
@@ -234,17 +239,21 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
 }
 
 void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+  parallel_for(static_cast<size_t>(n), 1 << 14, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+  });
 }
 
 void swiglu_backward(const float* dout, const float* gate, const float* up, int64_t n, float* dgate, float* dup) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float s = sigmoid(gate[i]);
-    const float silu = gate[i] * s;
-    dup[i] += dout[i] * silu;
-    // d silu / dx = s * (1 + x * (1 - s))
-    dgate[i] += dout[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
-  }
+  parallel_for(static_cast<size_t>(n), 1 << 14, [&](size_t begin, size_t end) {
+    for (size_t i = begin; i < end; ++i) {
+      const float s = sigmoid(gate[i]);
+      const float silu = gate[i] * s;
+      dup[i] += dout[i] * silu;
+      // d silu / dx = s * (1 + x * (1 - s))
+      dgate[i] += dout[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
+    }
+  });
 }
 
 void softmax_forward(const float* x, int64_t rows, int64_t n, float* y) {
@@ -326,15 +335,20 @@ double cross_entropy(const float* logits, const int32_t* targets, int64_t rows, 
         continue;
       }
       const float mx = *std::max_element(z, z + vocab);
+      const float target_logit = z[target];
+      // exp(z - max) is at most 1, so float is exact enough; the sum is kept in double.
+      float* e = dlogits ? dlogits + r * vocab : nullptr;
       double sum = 0;
-      for (int64_t i = 0; i < vocab; ++i) sum += std::exp(static_cast<double>(z[i] - mx));
-      const double log_sum = std::log(sum) + mx;
-      row_loss[r] = log_sum - z[target];
-      if (dlogits) {
-        float* g = dlogits + r * vocab;
-        for (int64_t i = 0; i < vocab; ++i)
-          g[i] = scale * static_cast<float>(std::exp(static_cast<double>(z[i]) - log_sum));
-        g[target] -= scale;
+      for (int64_t i = 0; i < vocab; ++i) {
+        const float v = std::exp(z[i] - mx);
+        if (e) e[i] = v;
+        sum += v;
+      }
+      row_loss[r] = std::log(sum) + mx - target_logit;
+      if (e) {
+        const float inv = scale / static_cast<float>(sum);
+        for (int64_t i = 0; i < vocab; ++i) e[i] *= inv;
+        e[target] -= scale;
       }
     }
   });

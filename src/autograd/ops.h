@@ -32,13 +32,20 @@ void layer_norm_backward(const float* dy, const float* x, int64_t rows, int64_t 
 void clamp_forward(const float* x, int64_t n, float limit, float* y);
 void clamp_backward(const float* dy, const float* x, int64_t n, float limit, float* dx);
 
-// Rotary embedding, rotate-half layout, in place on `heads` heads of width head_dim in each of
-// `rows` rows of stride `stride`, row r at position positions[r]. The backward is the inverse
-// rotation, also in place (on the gradient).
-void rope_forward(float* x, int64_t rows, int64_t stride, int64_t heads, int64_t head_dim, const int64_t* positions,
-                  const float* inv_freq);
-void rope_backward(float* dx, int64_t rows, int64_t stride, int64_t heads, int64_t head_dim, const int64_t* positions,
-                   const float* inv_freq);
+// Rotary embedding, rotate-half layout: cos and sin of every (position, frequency) pair,
+// computed once per pass (float32 angles, as the references compute them).
+struct RopeTable {
+  RopeTable(int64_t positions, int64_t head_dim, const float* inv_freq);
+  int64_t half = 0;
+  std::vector<float> cos, sin;  // [positions, half]
+};
+// Rotates, in place, `heads` heads of width head_dim in each of `rows` rows of stride `stride`,
+// row r at position positions[r]. The backward is the inverse rotation, also in place (on the
+// gradient).
+void rope_forward(float* x, int64_t rows, int64_t stride, int64_t heads, const int64_t* positions,
+                  const RopeTable& table);
+void rope_backward(float* dx, int64_t rows, int64_t stride, int64_t heads, const int64_t* positions,
+                   const RopeTable& table);
 
 // Causal multi-head attention with grouped KV heads over `batch` sequences of length t. q, k, v
 // point into rows of stride ld (a fused qkv buffer): head h of row r starts at q + r * ld + h * hd.

@@ -1,5 +1,7 @@
 #include "training/dbrx_training_model.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
@@ -52,6 +54,11 @@ struct LayerActivations {
 };
 
 }  // namespace
+
+void keep_freed_memory_for_reuse() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 
 DbrxTrainingModel::DbrxTrainingModel(const DbrxConfig& config, bool) : config_(config) {
   config_.validate("model config");
@@ -164,6 +171,7 @@ StepLoss DbrxTrainingModel::run(const TokenBatch& batch, bool backward, float ce
   std::vector<int64_t> positions(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) positions[i] = i % batch.seq;
   const ag::AttentionShape attn{batch.rows, batch.seq, nh, nkv, hd, qkv_dim};
+  const ag::RopeTable rope(batch.seq, hd, inv_freq_.data());
 
   ag::Tape tape;
   std::vector<float> stream(static_cast<size_t>(n * d));
@@ -192,8 +200,8 @@ StepLoss DbrxTrainingModel::run(const TokenBatch& batch, bool backward, float ce
       ag::clamp_forward(a.qkv_pre.data(), n * qkv_dim, *c.clip_qkv, a.qkv.data());
     else
       a.qkv = a.qkv_pre;
-    ag::rope_forward(a.qkv.data(), n, qkv_dim, nh, hd, positions.data(), inv_freq_.data());
-    ag::rope_forward(a.qkv.data() + nh * hd, n, qkv_dim, nkv, hd, positions.data(), inv_freq_.data());
+    ag::rope_forward(a.qkv.data(), n, qkv_dim, nh, positions.data(), rope);
+    ag::rope_forward(a.qkv.data() + nh * hd, n, qkv_dim, nkv, positions.data(), rope);
     a.ctx.resize(n * nh * hd);
     ag::attention_forward(attn, a.qkv.data(), a.qkv.data() + nh * hd, a.qkv.data() + (nh + nkv) * hd, a.ctx.data());
     a.h.resize(n * d);
@@ -338,8 +346,8 @@ StepLoss DbrxTrainingModel::run(const TokenBatch& batch, bool backward, float ce
         std::vector<float> dqkv(n * qkv_dim, 0.0f);
         ag::attention_backward(attn, a.qkv.data(), a.qkv.data() + nh * hd, a.qkv.data() + (nh + nkv) * hd, dctx.data(),
                                dqkv.data(), dqkv.data() + nh * hd, dqkv.data() + (nh + nkv) * hd);
-        ag::rope_backward(dqkv.data(), n, qkv_dim, nh, hd, positions.data(), inv_freq_.data());
-        ag::rope_backward(dqkv.data() + nh * hd, n, qkv_dim, nkv, hd, positions.data(), inv_freq_.data());
+        ag::rope_backward(dqkv.data(), n, qkv_dim, nh, positions.data(), rope);
+        ag::rope_backward(dqkv.data() + nh * hd, n, qkv_dim, nkv, positions.data(), rope);
         std::vector<float> dpre;
         if (c.clip_qkv) {
           dpre.assign(n * qkv_dim, 0.0f);

@@ -47,6 +47,11 @@ struct StepLoss {
   double ce_mean() const { return counted ? ce_sum / static_cast<double>(counted) : 0.0; }
 };
 
+// Keeps freed activation buffers in the heap for reuse instead of returning them to the system:
+// a training step frees and reallocates the same large buffers every time, and fresh pages from
+// the kernel cost a fault and a zeroing each. Called once by training programs.
+void keep_freed_memory_for_reuse();
+
 class DbrxTrainingModel {
  public:
   // Weights initialised from a normal(0, init_std) (norm weights 1), seeded.

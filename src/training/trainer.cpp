@@ -23,7 +23,7 @@ Rng jitter_rng(uint64_t seed, int64_t step, int64_t micro) {
 
 }  // namespace
 
-Trainer::Trainer(TrainerSettings settings, TrainingData& data) : s_(std::move(settings)), data_(data) {
+Trainer::Trainer(TrainerSettings settings, BatchSource& data) : s_(std::move(settings)), data_(data) {
   if (s_.total_steps <= 0) fail("training: nothing to do (max_duration gives {} steps)", s_.total_steps);
   if (s_.micro_batch <= 0 || s_.global_batch <= 0 || s_.global_batch % s_.micro_batch != 0)
     fail("training: global_batch_size {} is not a multiple of micro_batch_size {}", s_.global_batch, s_.micro_batch);
@@ -39,8 +39,9 @@ EvalReport Trainer::evaluate(DbrxTrainingModel& model, int64_t step) {
   std::vector<int32_t> inputs, targets;
   for (int64_t i = 0; i < count; ++i) {
     data_.eval_batch(i, s_.micro_batch, inputs, targets);
-    const int64_t rows = static_cast<int64_t>(inputs.size()) / data_.seq_len();
-    const StepLoss loss = model.evaluate({inputs.data(), targets.data(), rows, data_.seq_len()});
+    const int64_t seq = data_.eval_seq_len();
+    const int64_t rows = static_cast<int64_t>(inputs.size()) / seq;
+    const StepLoss loss = model.evaluate({inputs.data(), targets.data(), rows, seq});
     ce_sum += loss.ce_sum;
     counted += loss.counted;
   }

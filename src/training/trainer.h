@@ -22,14 +22,16 @@ namespace tessera::training {
 
 // Where batches come from. Rows are sequences of seq_len() tokens; targets are the inputs
 // shifted by one (negative: not counted).
-class TrainingData {
+class BatchSource {
  public:
-  virtual ~TrainingData() = default;
+  virtual ~BatchSource() = default;
   virtual int64_t seq_len() const = 0;
   virtual void next_train(int64_t rows, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) = 0;
   virtual nlohmann::json state() const = 0;
   virtual void restore(const nlohmann::json& state) = 0;
-  // Held-out batches: how many of `rows` rows there are, and batch i.
+  // Held-out batches (sequences of eval_seq_len() tokens): how many of `rows` rows there are,
+  // and batch i.
+  virtual int64_t eval_seq_len() const = 0;
   virtual int64_t eval_batches(int64_t rows) const = 0;
   virtual void eval_batch(int64_t index, int64_t rows, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) const = 0;
 };
@@ -84,7 +86,7 @@ class TrainingObserver {
 
 class Trainer {
  public:
-  Trainer(TrainerSettings settings, TrainingData& data);
+  Trainer(TrainerSettings settings, BatchSource& data);
 
   // Trains to total_steps, from the newest checkpoint in save_folder when `resume` is set and
   // one exists. Returns the last checkpoint written. `stop` is polled between steps.
@@ -95,7 +97,7 @@ class Trainer {
   EvalReport evaluate(class DbrxTrainingModel& model, int64_t step);
 
   TrainerSettings s_;
-  TrainingData& data_;
+  BatchSource& data_;
 };
 
 }  // namespace tessera::training
