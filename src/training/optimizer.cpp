@@ -65,13 +65,6 @@ void AdamW::load(const std::filesystem::path& file) {
   }
 }
 
-LrSchedule parse_lr_schedule(const std::string& name) {
-  if (name == "cosine") return LrSchedule::Cosine;
-  if (name == "linear") return LrSchedule::Linear;
-  if (name == "constant") return LrSchedule::Constant;
-  fail("unknown learning-rate schedule '{}' (cosine, linear or constant)", name);
-}
-
 double learning_rate(int64_t step, int64_t total, int64_t warmup, double lr, double min_ratio, LrSchedule schedule) {
   if (warmup > 0 && step <= warmup) return lr * static_cast<double>(step) / static_cast<double>(warmup);
   if (schedule == LrSchedule::Constant || total <= warmup) return lr;

@@ -35,8 +35,8 @@ class AdamW {
   int64_t steps_ = 0;
 };
 
+// How the learning rate decays after warmup.
 enum class LrSchedule { Cosine, Linear, Constant };
-LrSchedule parse_lr_schedule(const std::string& name);  // "cosine" | "linear" | "constant"
 
 // The learning rate for optimizer step `step` (1-based) of `total`: lr * step / warmup during
 // warmup, then from lr down to lr * min_ratio at the last step.

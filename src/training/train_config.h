@@ -64,6 +64,7 @@
 #include <vector>
 
 #include "models/llm/dbrx_config.h"
+#include "training/optimizer.h"
 
 namespace tessera::training {
 
@@ -85,7 +86,6 @@ struct Duration {
   bool operator==(const Duration&) const = default;
 };
 
-enum class LrSchedule { Cosine, Linear, Constant };
 std::string schedule_name(LrSchedule schedule);
 
 // Warmup is a duration, or a fraction of max_duration.

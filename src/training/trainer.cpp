@@ -84,6 +84,11 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
   start.total_steps = s_.total_steps;
   start.tokens_per_step = tokens_per_step;
   for (auto* o : observers) o->on_start(start);
+  // Where the loss starts, for curves and comparisons (a fresh run only).
+  if (step == 0 && data_.eval_batches(s_.micro_batch) > 0) {
+    const EvalReport eval = evaluate(*model, 0);
+    for (auto* o : observers) o->on_eval(eval);
+  }
 
   auto save = [&](int64_t at) {
     const nlohmann::json state = {{"run_id", s_.run_id}, {"step", at}, {"tokens", tokens}, {"data", data_.state()},
