@@ -12,6 +12,11 @@
 
 namespace tessera::autograd {
 
+// C = alpha * op(A) . op(B) + beta * C, as kernels::sgemm, tiled into pieces of the sizes the
+// kernel runs fastest at.
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
 // y[n, m] = x[n, k] . w[m, k]^T  (a bias-free nn.Linear with weight [out, in]).
 void linear_forward(const float* x, int64_t n, int64_t k, const float* w, int64_t m, float* y);
 // dx[n, k] += dy . w;  dw[m, k] += dy^T . x.  Either output may be null to skip it.

@@ -262,7 +262,7 @@ StepLoss DbrxTrainingModel::run(const TokenBatch& batch, bool backward, float ce
       ag::linear_forward(ex.x.data(), m, d, v1 + e * f * d, f, ex.up.data());
       ag::swiglu_forward(ex.gate.data(), ex.up.data(), m * f, ex.act.data());
       // w2 holds each expert as [F, d], used as act . w2.
-      kernels::sgemm(false, false, m, d, f, 1.0f, ex.act.data(), f, w2 + e * f * d, d, 0.0f, ex.y.data(), d);
+      ag::gemm(false, false, m, d, f, 1.0f, ex.act.data(), f, w2 + e * f * d, d, 0.0f, ex.y.data(), d);
       for (int64_t i = 0; i < m; ++i) {
         const float weight = a.top_weight[ex.token[i] * k + ex.slot[i]];
         float* out = stream.data() + ex.token[i] * d;
@@ -301,8 +301,8 @@ StepLoss DbrxTrainingModel::run(const TokenBatch& batch, bool backward, float ce
             }
             dtop[t * k + slot] += static_cast<float>(dot);
           }
-          kernels::sgemm(false, true, m, f, d, 1.0f, dy.data(), d, w2 + e * f * d, d, 0.0f, dact.data(), f);
-          kernels::sgemm(true, false, f, d, m, 1.0f, ex.act.data(), f, dy.data(), d, 1.0f, dw2 + e * f * d, d);
+          ag::gemm(false, true, m, f, d, 1.0f, dy.data(), d, w2 + e * f * d, d, 0.0f, dact.data(), f);
+          ag::gemm(true, false, f, d, m, 1.0f, ex.act.data(), f, dy.data(), d, 1.0f, dw2 + e * f * d, d);
           ag::swiglu_backward(dact.data(), ex.gate.data(), ex.up.data(), m * f, dgate.data(), dup.data());
           ag::linear_backward(dgate.data(), ex.x.data(), m, d, w1 + e * f * d, f, dx.data(), dw1 + e * f * d);
           ag::linear_backward(dup.data(), ex.x.data(), m, d, v1 + e * f * d, f, dx.data(), dv1 + e * f * d);
