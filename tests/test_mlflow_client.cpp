@@ -20,6 +20,7 @@
 #include <set>
 #include <thread>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
@@ -137,6 +138,11 @@ class MlflowServer : public ::testing::Test {
     return r && r->status == 200 ? r->body : "<HTTP " + (r ? std::to_string(r->status) : "error") + ">";
   }
 
+  // The parts of the one test below: one test, so that ctest starts one server, not one per part.
+  void ExperimentRunParamsMetricsAndTermination();
+  void ArtifactFolderUploadAndModelRegistration();
+  void ErrorsNameTheRequestAndTheServersMessage();
+
   static inline TempDir* tmp_ = nullptr;
   static inline pid_t pid_ = -1;
   static inline int port_ = 0;
@@ -145,7 +151,7 @@ class MlflowServer : public ::testing::Test {
 
 }  // namespace
 
-TEST_F(MlflowServer, ExperimentRunParamsMetricsAndTermination) {
+void MlflowServer::ExperimentRunParamsMetricsAndTermination() {
   MlflowClient client(uri_, MlflowAuth{});
   EXPECT_FALSE(client.find_experiment("/Users/me/missing"));
   const std::string exp = client.get_or_create_experiment("/Users/me/my_experiment");
@@ -161,7 +167,7 @@ TEST_F(MlflowServer, ExperimentRunParamsMetricsAndTermination) {
 
   // 150 params: two batches (the server takes 100 per call); one value longer than MLflow keeps.
   std::vector<std::pair<std::string, std::string>> params;
-  for (int i = 0; i < 149; ++i) params.emplace_back("p" + std::to_string(i), std::to_string(i * 3));
+  for (int i = 0; i < 149; ++i) params.emplace_back(fmt::format("p{}", i), std::to_string(i * 3));
   params.emplace_back("long", std::string(7000, 'x'));
   client.log_params(run.run_id, params);
 
@@ -209,7 +215,7 @@ TEST_F(MlflowServer, ExperimentRunParamsMetricsAndTermination) {
   EXPECT_EQ(info.end_time_ms, start + 60'000);
 }
 
-TEST_F(MlflowServer, ArtifactFolderUploadAndModelRegistration) {
+void MlflowServer::ArtifactFolderUploadAndModelRegistration() {
   MlflowClient client(uri_, MlflowAuth{});
   const std::string exp = client.get_or_create_experiment("/Users/me/artifacts");
   const auto run = client.create_run(exp, "with-artifacts", 1'790'000'000'000);
@@ -257,7 +263,7 @@ TEST_F(MlflowServer, ArtifactFolderUploadAndModelRegistration) {
             std::string::npos);
 }
 
-TEST_F(MlflowServer, ErrorsNameTheRequestAndTheServersMessage) {
+void MlflowServer::ErrorsNameTheRequestAndTheServersMessage() {
   MlflowClient client(uri_, MlflowAuth{});
   const std::string missing = error_of([&] { client.get_run("0123456789abcdef0123456789abcdef"); });
   EXPECT_TRUE(missing.starts_with("mlflow: GET /api/2.0/mlflow/runs/get: HTTP 404: ")) << missing;
@@ -268,6 +274,21 @@ TEST_F(MlflowServer, ErrorsNameTheRequestAndTheServersMessage) {
   EXPECT_EQ(bad_exp.find('\n'), std::string::npos) << bad_exp;
   const std::string bad_status = error_of([&] { client.set_terminated("x", "DONE", 1); });
   EXPECT_NE(bad_status.find("FINISHED, FAILED or KILLED"), std::string::npos);
+}
+
+TEST_F(MlflowServer, TracksARunThroughTheRestApi) {
+  {
+    SCOPED_TRACE("experiment, run, params, metrics, termination");
+    ExperimentRunParamsMetricsAndTermination();
+  }
+  {
+    SCOPED_TRACE("artifact folder upload and model registration");
+    ArtifactFolderUploadAndModelRegistration();
+  }
+  {
+    SCOPED_TRACE("errors");
+    ErrorsNameTheRequestAndTheServersMessage();
+  }
 }
 
 // ---- against a stand-in server ---------------------------------------------------------------
@@ -365,6 +386,13 @@ TEST(MlflowClient, AuthPrefixesAndErrorsAgainstAStandIn) {
   const MlflowAuth env = MlflowAuth::from_env();
   unsetenv("MLFLOW_TRACKING_TOKEN");
   EXPECT_EQ(env.token, "from-env");
+  unsetenv("MLFLOW_TRACKING_URI");
+  EXPECT_FALSE(training::resolve_tracking_uri(""));
+  EXPECT_EQ(training::resolve_tracking_uri("http://a:1"), "http://a:1");
+  setenv("MLFLOW_TRACKING_URI", "http://b:2", 1);
+  EXPECT_EQ(training::resolve_tracking_uri(""), "http://b:2");
+  EXPECT_EQ(training::resolve_tracking_uri("http://a:1"), "http://a:1") << "the config wins";
+  unsetenv("MLFLOW_TRACKING_URI");
 }
 
 TEST(MlflowClient, BadUrisAndUnreachableServersAreClearErrors) {

@@ -143,6 +143,13 @@ MlflowRunInfo read_run_info(const nlohmann::json& info) {
 
 }  // namespace
 
+std::optional<std::string> resolve_tracking_uri(const std::string& configured) {
+  if (!configured.empty()) return configured;
+  const std::string env = env_or_empty("MLFLOW_TRACKING_URI");
+  if (!env.empty()) return env;
+  return std::nullopt;
+}
+
 MlflowAuth MlflowAuth::from_env() {
   MlflowAuth auth;
   auth.token = env_or_empty("MLFLOW_TRACKING_TOKEN");

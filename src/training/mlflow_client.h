@@ -55,6 +55,10 @@ struct MlflowModelVersion {
   std::string status;
 };
 
+// The tracking server to use: `configured` (a config's tracking_uri) when it is set, else
+// $MLFLOW_TRACKING_URI; nullopt when neither is.
+std::optional<std::string> resolve_tracking_uri(const std::string& configured);
+
 class MlflowClient {
  public:
   // tracking_uri: "http://host:port" or "https://...", optionally with a path prefix
