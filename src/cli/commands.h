@@ -17,5 +17,6 @@ void register_image(CLI::App& app);
 void register_serve(CLI::App& app);
 void register_tokens(CLI::App& app);
 void register_usage(CLI::App& app);
+void register_runs(CLI::App& app);
 
 }  // namespace tessera::cli

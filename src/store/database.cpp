@@ -51,6 +51,67 @@ CREATE INDEX usage_token_time ON usage(token_id, timestamp_ms);
 
 PRAGMA user_version = 1;
 )sql",
+    // 2: training runs, their metrics, and the model registry. Losses are REAL except that a
+    // NaN is stored as the text 'NaN' (SQLite would turn it into NULL, which means "none yet").
+    R"sql(
+CREATE TABLE runs (
+  id                   TEXT    PRIMARY KEY,
+  kind                 TEXT    NOT NULL,
+  model                TEXT    NOT NULL,
+  status               TEXT    NOT NULL,
+  config_file          TEXT    NOT NULL DEFAULT '',
+  config_text          TEXT    NOT NULL DEFAULT '',
+  save_folder          TEXT    NOT NULL DEFAULT '',
+  log_file             TEXT    NOT NULL DEFAULT '',
+  pid                  INTEGER,
+  pid_start            INTEGER,
+  host                 TEXT    NOT NULL DEFAULT '',
+  created_ms           INTEGER NOT NULL,
+  started_ms           INTEGER,
+  finished_ms          INTEGER,
+  updated_ms           INTEGER,
+  stop_requested_ms    INTEGER,
+  step                 INTEGER NOT NULL DEFAULT 0,
+  total_steps          INTEGER NOT NULL DEFAULT 0,
+  tokens               INTEGER NOT NULL DEFAULT 0,
+  total_tokens         INTEGER NOT NULL DEFAULT 0,
+  loss                 REAL,
+  eval_step            INTEGER,
+  eval_loss            REAL,
+  best_eval_loss       REAL,
+  tokens_per_second    REAL,
+  error                TEXT    NOT NULL DEFAULT '',
+  mlflow_run_id        TEXT    NOT NULL DEFAULT '',
+  mlflow_experiment_id TEXT    NOT NULL DEFAULT '',
+  tracking_uri         TEXT    NOT NULL DEFAULT '',
+  registered_model     TEXT    NOT NULL DEFAULT '',
+  registered_version   INTEGER,
+  details              TEXT    NOT NULL DEFAULT '{}'
+);
+CREATE INDEX runs_created ON runs(created_ms);
+
+-- One value per run, metric and step: a resumed run that repeats steps replaces them.
+CREATE TABLE run_metrics (
+  run_id  TEXT    NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+  name    TEXT    NOT NULL,
+  step    INTEGER NOT NULL,
+  value   REAL,
+  time_ms INTEGER NOT NULL,
+  PRIMARY KEY (run_id, name, step)
+) WITHOUT ROWID;
+
+CREATE TABLE registered_models (
+  name          TEXT    NOT NULL,
+  version       INTEGER NOT NULL,
+  path          TEXT    NOT NULL,
+  source_run_id TEXT    NOT NULL DEFAULT '',
+  description   TEXT    NOT NULL DEFAULT '',
+  created_ms    INTEGER NOT NULL,
+  PRIMARY KEY (name, version)
+);
+
+PRAGMA user_version = 2;
+)sql",
 };
 
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));
