@@ -18,5 +18,7 @@ void register_serve(CLI::App& app);
 void register_tokens(CLI::App& app);
 void register_usage(CLI::App& app);
 void register_runs(CLI::App& app);
+// After register_runs: adds `runs resume` to it.
+void register_train(CLI::App& app);
 
 }  // namespace tessera::cli

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   tessera::cli::register_tokens(app);
   tessera::cli::register_usage(app);
   tessera::cli::register_runs(app);
+  tessera::cli::register_train(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
