@@ -131,6 +131,8 @@ json DbrxConfig::to_json() const {
               {"vocab_size", vocab_size},
               {"attn_config", attn},
               {"ffn_config", ffn},
+              // transformers 5 takes theta from here and ignores attn_config's; both are written.
+              {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", rope_theta}}},
               {"tie_word_embeddings", tie_word_embeddings},
               {"torch_dtype", "float32"}};
 }
