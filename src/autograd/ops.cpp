@@ -7,6 +7,7 @@
 
 #include "core/thread_pool.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace tessera::autograd {
 
@@ -263,20 +264,43 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
   });
 }
 
+namespace {
+
+// sigmoid of 8 values, with the vectorized exp.
+inline __m256 sigmoid256(__m256 x) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  return _mm256_div_ps(one, _mm256_add_ps(one, kernels::exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+}  // namespace
+
 void swiglu_forward(const float* gate, const float* up, int64_t n, float* out) {
   parallel_for(static_cast<size_t>(n), 1 << 14, [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
+    size_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+      const __m256 g = _mm256_loadu_ps(gate + i);
+      _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid256(g)), _mm256_loadu_ps(up + i)));
+    }
+    for (; i < end; ++i) out[i] = gate[i] * sigmoid(gate[i]) * up[i];
   });
 }
 
 void swiglu_backward(const float* dout, const float* gate, const float* up, int64_t n, float* dgate, float* dup) {
+  // d silu / dx = s * (1 + x * (1 - s)) with s = sigmoid(x).
   parallel_for(static_cast<size_t>(n), 1 << 14, [&](size_t begin, size_t end) {
-    for (size_t i = begin; i < end; ++i) {
-      const float s = sigmoid(gate[i]);
-      const float silu = gate[i] * s;
-      dup[i] += dout[i] * silu;
-      // d silu / dx = s * (1 + x * (1 - s))
-      dgate[i] += dout[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
+    const __m256 one = _mm256_set1_ps(1.0f);
+    size_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+      const __m256 g = _mm256_loadu_ps(gate + i), u = _mm256_loadu_ps(up + i), d = _mm256_loadu_ps(dout + i);
+      const __m256 sg = sigmoid256(g);
+      _mm256_storeu_ps(dup + i, _mm256_fmadd_ps(d, _mm256_mul_ps(g, sg), _mm256_loadu_ps(dup + i)));
+      const __m256 dsilu = _mm256_mul_ps(sg, _mm256_fmadd_ps(g, _mm256_sub_ps(one, sg), one));
+      _mm256_storeu_ps(dgate + i, _mm256_fmadd_ps(_mm256_mul_ps(d, u), dsilu, _mm256_loadu_ps(dgate + i)));
+    }
+    for (; i < end; ++i) {
+      const float sg = sigmoid(gate[i]);
+      dup[i] += dout[i] * gate[i] * sg;
+      dgate[i] += dout[i] * up[i] * sg * (1.0f + gate[i] * (1.0f - sg));
     }
   });
 }
@@ -363,8 +387,19 @@ double cross_entropy(const float* logits, const int32_t* targets, int64_t rows, 
       const float target_logit = z[target];
       // exp(z - max) is at most 1, so float is exact enough; the sum is kept in double.
       float* e = dlogits ? dlogits + r * vocab : nullptr;
-      double sum = 0;
-      for (int64_t i = 0; i < vocab; ++i) {
+      const __m256 vmx = _mm256_set1_ps(mx);
+      __m256d acc_lo = _mm256_setzero_pd(), acc_hi = _mm256_setzero_pd();
+      int64_t i = 0;
+      for (; i + 8 <= vocab; i += 8) {
+        const __m256 v = kernels::exp256(_mm256_sub_ps(_mm256_loadu_ps(z + i), vmx));
+        if (e) _mm256_storeu_ps(e + i, v);
+        acc_lo = _mm256_add_pd(acc_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+        acc_hi = _mm256_add_pd(acc_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+      }
+      alignas(32) double lanes[4];
+      _mm256_store_pd(lanes, _mm256_add_pd(acc_lo, acc_hi));
+      double sum = lanes[0] + lanes[1] + lanes[2] + lanes[3];
+      for (; i < vocab; ++i) {
         const float v = std::exp(z[i] - mx);
         if (e) e[i] = v;
         sum += v;
