@@ -119,8 +119,9 @@ int run_in_foreground(const std::shared_ptr<Database>& db, const RunRecord& run,
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> closer(log, std::fclose);
   training::PretrainJobOptions options;
   options.resume = resume;
-  options.progress_bar = true;
   options.log = log;
+  options.echo = stderr;
+  options.progress_bar = isatty(STDERR_FILENO) != 0;
   fmt::print(stderr, "Run {} (log: {})\n", run.id, run.log_file);
   const int code = training::run_pretrain_job(db, run.id, options, g_stop);
   fmt::print(stderr, "\n");

@@ -70,13 +70,13 @@ class PackedBatchSource final : public BatchSource {
   TrainLoader loader_;
 };
 
-// Log lines (every log_interval steps, every evaluation and checkpoint), and with a terminal a
-// live progress line.
+// Log lines (every log_interval steps, every evaluation and checkpoint) into the log file, also
+// echoed to a terminal in the foreground, where a live progress line may be drawn too.
 class LogObserver final : public TrainingObserver {
  public:
-  LogObserver(std::FILE* out, int64_t log_interval, bool bar) : out_(out), interval_(log_interval), bar_(bar) {}
+  LogObserver(std::FILE* out, int64_t log_interval, std::FILE* echo, bool bar)
+      : out_(out), interval_(log_interval), echo_(echo), bar_(bar && echo) {}
   void on_start(const StartReport& s) override {
-    total_ = s.total_steps;
     first_ = s.start_step;
     start_ = std::chrono::steady_clock::now();
     if (!s.resumed_from.empty())
@@ -95,10 +95,13 @@ class LogObserver final : public TrainingObserver {
     if (bar_) {
       const int width = 24;
       const int filled = static_cast<int>(width * r.step / std::max<int64_t>(1, r.total_steps));
-      fmt::print(stderr, "\r\033[K[{}{}] {}", std::string(filled, '#'), std::string(width - filled, '.'), text);
-      std::fflush(stderr);
+      fmt::print(echo_, "\r\033[K[{}{}] {}", std::string(filled, '#'), std::string(width - filled, '.'), text);
+      std::fflush(echo_);
     }
-    if (r.step % interval_ == 0 || r.step == r.total_steps) log(text);
+    if (r.step % interval_ == 0 || r.step == r.total_steps) {
+      write(out_, text);
+      if (echo_ && !bar_) write(echo_, text);
+    }
   }
   void on_eval(const EvalReport& e) override {
     line(fmt::format("eval at step {}: loss {:.4f}, perplexity {:.2f} ({} tokens)", e.step, e.loss, e.perplexity,
@@ -111,22 +114,25 @@ class LogObserver final : public TrainingObserver {
     line(stopped ? fmt::format("stopped at step {}; resume with `tessera runs resume`", step)
                  : fmt::format("finished at step {}: {}", step, dir.string()));
   }
+  // A line for the log and, in the foreground, the terminal (above the progress line).
   void line(const std::string& text) {
-    if (bar_) fmt::print(stderr, "\r\033[K");
-    log(text);
-    if (bar_ && out_ != stdout && out_ != stderr) fmt::print(stderr, "{}\n", text);
+    write(out_, text);
+    if (echo_) {
+      if (bar_) fmt::print(echo_, "\r\033[K");
+      write(echo_, text);
+    }
   }
 
  private:
-  void log(const std::string& text) {
-    if (bar_ && (out_ == stdout || out_ == stderr)) return;  // the bar already shows it
-    fmt::print(out_, "{}\n", text);
-    std::fflush(out_);
+  static void write(std::FILE* f, const std::string& text) {
+    fmt::print(f, "{}\n", text);
+    std::fflush(f);
   }
   std::FILE* out_;
   int64_t interval_;
+  std::FILE* echo_;
   bool bar_;
-  int64_t total_ = 0, first_ = 0;
+  int64_t first_ = 0;
   std::chrono::steady_clock::time_point start_;
 };
 
@@ -317,7 +323,7 @@ int run_pretrain_job(const std::shared_ptr<Database>& db, const std::string& run
   const RunRecord run = *found;
   if (!options.resume && run.status != RunStatus::queued)
     fail("run {} is {}; only a new run can start (resume continues an old one)", run_id, to_string(run.status));
-  LogObserver log(options.log, 1, options.progress_bar);
+  LogObserver log(options.log, 1, options.echo, options.progress_bar);
   std::optional<MlflowObserver> mlflow;
   try {
     store.mark_running(run_id, static_cast<int64_t>(getpid()));
@@ -334,7 +340,8 @@ int run_pretrain_job(const std::shared_ptr<Database>& db, const std::string& run
     log.line(data.stats.summary());
     const StepPlan plan = plan_steps(config.training, data.stats.windows_per_epoch);
 
-    LogObserver paced(options.log, std::max<int64_t>(1, config.training.log_interval), options.progress_bar);
+    LogObserver paced(options.log, std::max<int64_t>(1, config.training.log_interval), options.echo,
+                      options.progress_bar);
     TrainerSettings s;
     s.run_id = run_id;
     s.model = model;

@@ -18,8 +18,9 @@ namespace tessera::training {
 
 struct PretrainJobOptions {
   bool resume = false;       // continue from the newest checkpoint in save_folder
-  bool progress_bar = false; // draw a live progress line on stderr (a terminal)
-  std::FILE* log = stdout;   // where the log lines go
+  std::FILE* log = stdout;     // where the log lines go
+  std::FILE* echo = nullptr;   // the terminal of a foreground run: log lines go there too
+  bool progress_bar = false;   // and a live progress line (when echo is a terminal)
   // Called once: with "" when the data is ready and training starts, or with the error that
   // ended the run before that.
   std::function<void(const std::string& error)> on_ready;
