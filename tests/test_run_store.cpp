@@ -47,24 +47,6 @@ RunRecord new_run(const std::string& model = "dbrx-tiny") {
   return r;
 }
 
-// Sets an environment variable for one scope and puts back what was there.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const std::string& value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    setenv(name, value.c_str(), 1);
-  }
-  ~ScopedEnv() {
-    if (old_)
-      setenv(name_, old_->c_str(), 1);
-    else
-      unsetenv(name_);
-  }
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
 
 // A child process that waits for a signal (or writes `lines` to `log` first and exits after
 // `exit_after_ms`, when given). Only async-signal-safe calls after fork.

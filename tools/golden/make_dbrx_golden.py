@@ -145,7 +145,11 @@ def patch_no_clip(model: DbrxForCausalLM) -> None:
 
 
 def init_weights(model: DbrxForCausalLM, s: Spec) -> None:
-    std = dict(DEFAULT_STD, **s.std)
+    init_weights_with(model, dict(DEFAULT_STD, **s.std))
+
+
+def init_weights_with(model: DbrxForCausalLM, std: dict) -> None:
+    """Normal weights with a standard deviation per kind of parameter; norms near 1."""
     with torch.no_grad():
         for name, p in sorted(model.named_parameters()):
             if name.endswith(("norm_1.weight", "norm_2.weight", "norm_f.weight")):

@@ -36,6 +36,8 @@ from safetensors.torch import save_file
 from transformers import DbrxConfig, DbrxForCausalLM
 from transformers.utils import logging as hf_logging
 
+from make_dbrx_golden import init_weights_with
+
 # Expert choices and clipping must not hinge on float noise, or an engine that is right to
 # 1e-6 could route one token differently and disagree by far more than the tolerance.
 MIN_ROUTER_GAP = 1e-4
@@ -98,20 +100,6 @@ def make_config(s: Spec) -> DbrxConfig:
     return cfg
 
 
-def init_weights(model: DbrxForCausalLM) -> None:
-    with torch.no_grad():
-        for name, p in sorted(model.named_parameters()):
-            if name.endswith(("norm_1.weight", "norm_2.weight", "norm_f.weight")):
-                p.copy_(1.0 + STD["norm"] * torch.randn_like(p))
-                continue
-            key = next((k for k in ("wte", "Wqkv", "out_proj", "router", "lm_head") if k in name), None)
-            if key is None and ".experts.mlp." in name:
-                key = "experts"
-            if key is None:
-                raise RuntimeError(f"no init rule for parameter {name}")
-            p.normal_(0.0, STD[key])
-
-
 def margins(model: DbrxForCausalLM, s: Spec, inputs: torch.Tensor) -> dict:
     """How far routing and clipping stay from their decision boundaries."""
     gaps, clip_margin, clipped, total = [], math.inf, 0, 0
@@ -160,7 +148,7 @@ def build_seed(s: Spec, out_dir: str, seed: int) -> None:
     torch.manual_seed(seed)
     cfg = make_config(s)
     model = DbrxForCausalLM(cfg).float()
-    init_weights(model)
+    init_weights_with(model, STD)
     if s.clip_qkv is None:
         # transformers 5.24 calls clamp(min=None, max=None) without a clip, which torch refuses;
         # a clamp to +-inf is the same identity.
