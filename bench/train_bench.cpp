@@ -52,8 +52,8 @@ int main(int argc, char** argv) {
       model.zero_grad();
       const auto loss = model.forward_backward({inputs.data(), targets.data(), batch, seq},
                                                1.0f / static_cast<float>(batch * seq), 1.0f, nullptr);
-      training::clip_grad_norm(model.grads(), 1.0);
-      opt.step(model.values(), model.grads(), model.parameters(), 1e-4);
+      const double norm = training::grad_norm(model.grads());
+      opt.step(model.values(), model.grads(), model.parameters(), 1e-4, training::clip_factor(norm, 1.0));
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (s >= warmup) {
         timed += sec;

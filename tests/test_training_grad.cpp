@@ -121,6 +121,54 @@ TEST(AutogradOps, CausalGroupedAttentionMatchesFiniteDifferences) {
   check_gradient("attention dq dk dv", qkv, dqkv, objective);
 }
 
+// Sequences longer than one query block (64 rows): forward against a plain triple loop, and the
+// backward on a sample of coordinates against finite differences.
+TEST(AutogradOps, LongSequenceAttentionAcrossQueryBlocks) {
+  Rng rng(9);
+  const ag::AttentionShape s{2, 150, 2, 1, 4, 16};
+  const int64_t n = s.batch * s.t, koff = 8, voff = 12, ctx_w = 8;
+  auto qkv = random_vector(rng, n * s.ld), r = random_vector(rng, n * ctx_w);
+  std::vector<float> ctx(n * ctx_w), dqkv(n * s.ld, 0.0f);
+  ag::attention_forward(s, qkv.data(), qkv.data() + koff, qkv.data() + voff, ctx.data());
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.heads; ++h)
+      for (int64_t i = 0; i < s.t; i += 7) {
+        const float* q = qkv.data() + (b * s.t + i) * s.ld + h * 4;
+        std::vector<double> w(i + 1);
+        double mx = -1e30, sum = 0;
+        for (int64_t j = 0; j <= i; ++j) {
+          const float* k = qkv.data() + (b * s.t + j) * s.ld + koff;
+          double dot = 0;
+          for (int d = 0; d < 4; ++d) dot += static_cast<double>(q[d]) * k[d];
+          w[j] = dot / 2.0;
+          mx = std::max(mx, w[j]);
+        }
+        for (auto& x : w) sum += (x = std::exp(x - mx));
+        for (int d = 0; d < 4; ++d) {
+          double want = 0;
+          for (int64_t j = 0; j <= i; ++j) want += w[j] / sum * qkv[(b * s.t + j) * s.ld + voff + d];
+          ASSERT_NEAR(ctx[(b * s.t + i) * ctx_w + h * 4 + d], want, 1e-5) << "row " << i << " head " << h;
+        }
+      }
+  ag::attention_backward(s, qkv.data(), qkv.data() + koff, qkv.data() + voff, r.data(), dqkv.data(),
+                         dqkv.data() + koff, dqkv.data() + voff);
+  auto objective = [&] {
+    ag::attention_forward(s, qkv.data(), qkv.data() + koff, qkv.data() + voff, ctx.data());
+    return weighted_sum(ctx, r);
+  };
+  for (int trial = 0; trial < 60; ++trial) {
+    const size_t i = static_cast<size_t>(rng.below(static_cast<uint64_t>(n * s.ld)));
+    if (i % s.ld >= 16) continue;
+    const float saved = qkv[i];
+    qkv[i] = saved + 1e-2f;
+    const double up = objective();
+    qkv[i] = saved - 1e-2f;
+    const double down = objective();
+    qkv[i] = saved;
+    EXPECT_NEAR((up - down) / 2e-2, dqkv[i], 2e-3 * std::max(1.0, std::fabs(static_cast<double>(dqkv[i])))) << "coordinate " << i;
+  }
+}
+
 TEST(AutogradOps, AttentionIsCausal) {
   Rng rng(5);
   const ag::AttentionShape s{1, 6, 2, 1, 4, 16};

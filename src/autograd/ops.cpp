@@ -187,22 +187,29 @@ void rope_backward(float* dx, int64_t rows, int64_t stride, int64_t heads, const
 
 namespace {
 
-// scores[t, t] = scale * q . k^T with the future masked, then softmax per row (in place).
-void causal_softmax_scores(const float* q, const float* k, int64_t t, int64_t hd, int64_t ld, float scale,
-                           float* scores) {
-  kernels::sgemm(false, true, t, t, hd, scale, q, ld, k, ld, 0.0f, scores, t);
-  for (int64_t i = 0; i < t; ++i) {
-    float* row = scores + i * t;
+// Query rows are taken in blocks: block [i0, i1) only sees keys [0, i1), so the masked upper
+// triangle is (mostly) never computed.
+constexpr int64_t kQueryBlock = 64;
+
+// p[rows, keys] = softmax(scale * q[i0:i1] . k[0:i1]^T) with the future masked; p has row
+// stride `keys` = i1.
+void causal_block_probs(const float* q, const float* k, int64_t i0, int64_t i1, int64_t hd, int64_t ld, float scale,
+                        float* p) {
+  const int64_t rows = i1 - i0, keys = i1;
+  gemm(false, true, rows, keys, hd, scale, q + i0 * ld, ld, k, ld, 0.0f, p, keys);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = p + r * keys;
+    const int64_t visible = i0 + r + 1;
     float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j <= i; ++j) mx = std::max(mx, row[j]);
+    for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
     double sum = 0;
-    for (int64_t j = 0; j <= i; ++j) {
+    for (int64_t j = 0; j < visible; ++j) {
       row[j] = std::exp(row[j] - mx);
       sum += row[j];
     }
     const float inv = static_cast<float>(1.0 / sum);
-    for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
-    for (int64_t j = i + 1; j < t; ++j) row[j] = 0.0f;
+    for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+    for (int64_t j = visible; j < keys; ++j) row[j] = 0.0f;
   }
 }
 
@@ -213,13 +220,19 @@ void attention_forward(const AttentionShape& s, const float* q, const float* k, 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   // One job per (sequence, head); the products inside run on the job's own thread.
   parallel_for(static_cast<size_t>(s.batch * s.heads), 1, [&](size_t begin, size_t end) {
-    std::vector<float> p(static_cast<size_t>(s.t * s.t));
+    std::vector<float> p(static_cast<size_t>(std::min(kQueryBlock, s.t) * s.t));
     for (size_t job = begin; job < end; ++job) {
       const int64_t b = static_cast<int64_t>(job) / s.heads, h = static_cast<int64_t>(job) % s.heads;
       const int64_t kvh = h / group, row0 = b * s.t;
-      causal_softmax_scores(q + row0 * s.ld + h * hd, k + row0 * s.ld + kvh * hd, s.t, hd, s.ld, scale, p.data());
-      kernels::sgemm(false, false, s.t, hd, s.t, 1.0f, p.data(), s.t, v + row0 * s.ld + kvh * hd, s.ld, 0.0f,
-                     ctx + row0 * ctx_ld + h * hd, ctx_ld);
+      const float* qq = q + row0 * s.ld + h * hd;
+      const float* kk = k + row0 * s.ld + kvh * hd;
+      const float* vv = v + row0 * s.ld + kvh * hd;
+      for (int64_t i0 = 0; i0 < s.t; i0 += kQueryBlock) {
+        const int64_t i1 = std::min(s.t, i0 + kQueryBlock);
+        causal_block_probs(qq, kk, i0, i1, hd, s.ld, scale, p.data());
+        gemm(false, false, i1 - i0, hd, i1, 1.0f, p.data(), i1, vv, s.ld, 0.0f, ctx + (row0 + i0) * ctx_ld + h * hd,
+             ctx_ld);
+      }
     }
   });
 }
@@ -231,7 +244,8 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
   // One job per (sequence, kv head): the query heads sharing a kv head add into the same dk, dv,
   // so they run in one job, one after another.
   parallel_for(static_cast<size_t>(s.batch * s.kv_heads), 1, [&](size_t begin, size_t end) {
-    std::vector<float> p(static_cast<size_t>(t * t)), dp(p.size());
+    const size_t block = static_cast<size_t>(std::min(kQueryBlock, t) * t);
+    std::vector<float> p(block), dp(block);
     for (size_t job = begin; job < end; ++job) {
       const int64_t b = static_cast<int64_t>(job) / s.kv_heads, kvh = static_cast<int64_t>(job) % s.kv_heads;
       const int64_t row0 = b * t;
@@ -241,24 +255,30 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
       float* dvv = dv + row0 * s.ld + kvh * hd;
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
         const float* qq = q + row0 * s.ld + h * hd;
+        float* dqq = dq + row0 * s.ld + h * hd;
         const float* dc = dctx + row0 * ctx_ld + h * hd;
-        causal_softmax_scores(qq, kk, t, hd, s.ld, scale, p.data());
-        // dv += p^T . dctx;  dp = dctx . v^T
-        kernels::sgemm(true, false, t, hd, t, 1.0f, p.data(), t, dc, ctx_ld, 1.0f, dvv, s.ld);
-        kernels::sgemm(false, true, t, t, hd, 1.0f, dc, ctx_ld, vv, s.ld, 0.0f, dp.data(), t);
-        // Through the softmax: ds = p * (dp - sum_j dp * p), zero above the diagonal.
-        for (int64_t i = 0; i < t; ++i) {
-          float* dpr = dp.data() + i * t;
-          const float* pr = p.data() + i * t;
-          double dot = 0;
-          for (int64_t j = 0; j <= i; ++j) dot += static_cast<double>(dpr[j]) * pr[j];
-          const float c = static_cast<float>(dot);
-          for (int64_t j = 0; j <= i; ++j) dpr[j] = pr[j] * (dpr[j] - c);
-          for (int64_t j = i + 1; j < t; ++j) dpr[j] = 0.0f;
+        for (int64_t i0 = 0; i0 < t; i0 += kQueryBlock) {
+          const int64_t i1 = std::min(t, i0 + kQueryBlock), rows = i1 - i0;
+          causal_block_probs(qq, kk, i0, i1, hd, s.ld, scale, p.data());
+          const float* dcb = dc + i0 * ctx_ld;
+          // dv[0:i1] += p^T . dctx;  dp = dctx . v[0:i1]^T
+          gemm(true, false, i1, hd, rows, 1.0f, p.data(), i1, dcb, ctx_ld, 1.0f, dvv, s.ld);
+          gemm(false, true, rows, i1, hd, 1.0f, dcb, ctx_ld, vv, s.ld, 0.0f, dp.data(), i1);
+          // Through the softmax: ds = p * (dp - sum_j dp * p), zero where masked.
+          for (int64_t r = 0; r < rows; ++r) {
+            float* dpr = dp.data() + r * i1;
+            const float* pr = p.data() + r * i1;
+            const int64_t visible = i0 + r + 1;
+            double dot = 0;
+            for (int64_t j = 0; j < visible; ++j) dot += static_cast<double>(dpr[j]) * pr[j];
+            const float c = static_cast<float>(dot);
+            for (int64_t j = 0; j < visible; ++j) dpr[j] = pr[j] * (dpr[j] - c);
+            for (int64_t j = visible; j < i1; ++j) dpr[j] = 0.0f;
+          }
+          // dq[i0:i1] += scale * ds . k[0:i1];  dk[0:i1] += scale * ds^T . q[i0:i1]
+          gemm(false, false, rows, hd, i1, scale, dp.data(), i1, kk, s.ld, 1.0f, dqq + i0 * s.ld, s.ld);
+          gemm(true, false, i1, hd, rows, scale, dp.data(), i1, qq + i0 * s.ld, s.ld, 1.0f, dkk, s.ld);
         }
-        // dq += scale * ds . k;  dk += scale * ds^T . q
-        kernels::sgemm(false, false, t, hd, t, scale, dp.data(), t, kk, s.ld, 1.0f, dq + row0 * s.ld + h * hd, s.ld);
-        kernels::sgemm(true, false, t, hd, t, scale, dp.data(), t, qq, s.ld, 1.0f, dkk, s.ld);
       }
     }
   });

@@ -12,7 +12,7 @@
 namespace tessera::training {
 
 void AdamW::step(std::span<float> values, std::span<const float> grads, const std::vector<Parameter>& params,
-                 double lr) {
+                 double lr, float grad_scale) {
   if (values.size() != m_.size() || grads.size() != m_.size()) fail("optimizer state does not fit the model");
   ++steps_;
   const double b1 = options_.beta1, b2 = options_.beta2;
@@ -29,8 +29,9 @@ void AdamW::step(std::span<float> values, std::span<const float> grads, const st
       float* m = m_.data() + p.offset;
       float* v = v_.data() + p.offset;
       for (size_t i = begin; i < end; ++i) {
-        m[i] = fb1 * m[i] + (1.0f - fb1) * g[i];
-        v[i] = fb2 * v[i] + (1.0f - fb2) * g[i] * g[i];
+        const float gi = g[i] * grad_scale;
+        m[i] = fb1 * m[i] + (1.0f - fb1) * gi;
+        v[i] = fb2 * v[i] + (1.0f - fb2) * gi * gi;
         x[i] *= decay;
         x[i] -= step_size * m[i] / (std::sqrt(v[i]) / bias2_sqrt + eps);
       }
@@ -77,8 +78,7 @@ double learning_rate(int64_t step, int64_t total, int64_t warmup, double lr, dou
   return floor + (lr - floor) * 0.5 * (1.0 + std::cos(std::numbers::pi * progress));
 }
 
-double clip_grad_norm(std::span<float> grads, double max_norm) {
-  // Fixed chunks summed in order: the same norm whatever the thread count's timing.
+double grad_norm(std::span<const float> grads) {
   constexpr size_t kChunk = 1 << 16;
   const size_t chunks = (grads.size() + kChunk - 1) / kChunk;
   std::vector<double> partial(chunks, 0.0);
@@ -92,13 +92,20 @@ double clip_grad_norm(std::span<float> grads, double max_norm) {
   });
   double sum = 0;
   for (double p : partial) sum += p;
-  const double norm = std::sqrt(sum);
-  if (max_norm > 0 && norm > max_norm) {
-    const float scale = static_cast<float>(max_norm / (norm + 1e-6));
+  return std::sqrt(sum);
+}
+
+float clip_factor(double norm, double max_norm) {
+  return max_norm > 0 && norm > max_norm ? static_cast<float>(max_norm / (norm + 1e-6)) : 1.0f;
+}
+
+double clip_grad_norm(std::span<float> grads, double max_norm) {
+  const double norm = grad_norm(grads);
+  const float scale = clip_factor(norm, max_norm);
+  if (scale != 1.0f)
     parallel_for(grads.size(), 1 << 16, [&](size_t begin, size_t end) {
       for (size_t i = begin; i < end; ++i) grads[i] *= scale;
     });
-  }
   return norm;
 }
 

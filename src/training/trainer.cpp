@@ -125,9 +125,10 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
       ce_sum += loss.ce_sum;
       aux += loss.aux_loss / static_cast<double>(micro_steps);
     }
-    report.grad_norm = clip_grad_norm(model->grads(), s_.grad_clip);
+    report.grad_norm = grad_norm(model->grads());
     report.lr = learning_rate(step, s_.total_steps, s_.warmup_steps, s_.lr, s_.min_lr_ratio, s_.schedule);
-    optimizer.step(model->values(), model->grads(), model->parameters(), report.lr);
+    optimizer.step(model->values(), model->grads(), model->parameters(), report.lr,
+                   clip_factor(report.grad_norm, s_.grad_clip));
     tokens += tokens_per_step;
 
     report.step = step;
