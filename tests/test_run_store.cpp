@@ -419,7 +419,10 @@ TEST(ModelRegistry, VersionsCountUpPerNameAndResolve) {
   EXPECT_EQ(v1.version, 1);
   EXPECT_EQ(v2.version, 2);
   EXPECT_EQ(other.version, 1);
-  EXPECT_EQ(v1.path, one.string());
+  // The registry keeps its own copy of each version.
+  const auto stored = tmp / "registry" / "main" / "default" / "tiny";
+  EXPECT_EQ(v1.path, (stored / "1").string());
+  EXPECT_EQ(v2.path, (stored / "2").string());
   EXPECT_EQ(v2.reference(), "main.default.tiny/2");
 
   const auto latest = registry.list();
@@ -436,8 +439,8 @@ TEST(ModelRegistry, VersionsCountUpPerNameAndResolve) {
   EXPECT_EQ(registry.get("main.default.tiny", 1)->description, "first");
   EXPECT_FALSE(registry.get("main.default.tiny", 3));
   EXPECT_FALSE(registry.get("main.default.none"));
-  EXPECT_EQ(registry.resolve("main.default.tiny").path, two.string());
-  EXPECT_EQ(registry.resolve("main.default.tiny/1").path, one.string());
+  EXPECT_EQ(registry.resolve("main.default.tiny").path, v2.path);
+  EXPECT_EQ(registry.resolve("main.default.tiny/1").path, v1.path);
   EXPECT_NE(error_of([&] { registry.resolve("main.default.tiny/3"); }).find("has no version 3"), std::string::npos);
   EXPECT_NE(error_of([&] { registry.resolve("main.default.tiny/x"); }).find("positive number"), std::string::npos);
   EXPECT_NE(error_of([&] { registry.resolve("main.default.none"); }).find("no registered model"), std::string::npos);
@@ -451,12 +454,13 @@ TEST(ModelRegistry, VersionsCountUpPerNameAndResolve) {
   EXPECT_NE(error_of([&] { registry.register_model("a.b.c", tmp / "missing"); }).find("not a folder"), std::string::npos);
   EXPECT_FALSE(registry.get("a.b.c"));
 
-  // A relative path is stored absolute.
+  // A relative path is read from the working folder.
   const auto cwd = std::filesystem::current_path();
   std::filesystem::current_path(tmp.path());
   const auto rel = registry.register_model("main.default.rel", "ckpt1");
   std::filesystem::current_path(cwd);
-  EXPECT_EQ(rel.path, one.string());
+  EXPECT_EQ(rel.path, (tmp / "registry" / "main" / "default" / "rel" / "1").string());
+  EXPECT_EQ(read_file(std::filesystem::path(rel.path) / "config.json"), read_file(one / "config.json"));
 }
 
 // ---- plots -----------------------------------------------------------------------------------
@@ -735,13 +739,13 @@ TEST(RunsCli, ModelsListShowsTheRegistry) {
   ModelRegistry registry(s.db);
   const auto folder = make_model_folder(s.home / "ckpt");
   registry.register_model("main.default.tiny", folder, "pretrain-dbrx-tiny-abcdef");
-  registry.register_model("main.default.tiny", folder, "pretrain-dbrx-tiny-ghijkl");
+  const auto latest = registry.register_model("main.default.tiny", folder, "pretrain-dbrx-tiny-ghijkl");
   auto list = run_tessera("models list");
   ASSERT_EQ(list.exit_code, 0) << list.err;
   EXPECT_NE(list.out.find("main.default.tiny"), std::string::npos) << list.out;
   EXPECT_NE(list.out.find("pretrain-dbrx-tiny-ghijkl"), std::string::npos) << list.out;
   EXPECT_EQ(list.out.find("pretrain-dbrx-tiny-abcdef"), std::string::npos) << "only the latest version";
-  EXPECT_NE(list.out.find(folder.string()), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find(latest.path), std::string::npos) << list.out;
   const auto j = nlohmann::json::parse(run_tessera("models list --json").out);
   ASSERT_EQ(j.size(), 1u);
   EXPECT_EQ(j[0]["version"], 2);

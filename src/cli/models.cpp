@@ -1,11 +1,17 @@
+#include <unistd.h>
+
 #include <algorithm>
+#include <iostream>
 #include <memory>
+#include <string>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "models/llm/dbrx_presets.h"
+#include "core/error.h"
+#include "store/data_hash.h"
 #include "store/database.h"
 #include "store/model_registry.h"
 #include "store/time_spec.h"
@@ -21,14 +27,84 @@ std::string count_str(int64_t n) {
   return fmt::format("{:.1f}K", n / 1e3);
 }
 
-nlohmann::json registered_json(const RegisteredModel& m) {
-  return {{"name", m.name},
-          {"version", m.version},
-          {"versions", m.versions},
-          {"path", m.path},
-          {"source_run_id", m.source_run_id},
-          {"description", m.description},
-          {"created_ms", m.created_ms}};
+// "512 B", "1.2 KB", "24.0 MB", "3.10 GB"
+std::string bytes_str(int64_t n) {
+  if (n < 1024) return fmt::format("{} B", n);
+  if (n < (int64_t{1} << 20)) return fmt::format("{:.1f} KB", n / 1024.0);
+  if (n < (int64_t{1} << 30)) return fmt::format("{:.1f} MB", n / 1048576.0);
+  return fmt::format("{:.2f} GB", n / 1073741824.0);
+}
+
+nlohmann::json registered_json(const RegisteredModel& m, bool details = false) {
+  nlohmann::json j = {{"name", m.name},
+                      {"version", m.version},
+                      {"versions", m.versions},
+                      {"path", m.path},
+                      {"source_run_id", m.source_run_id},
+                      {"description", m.description},
+                      {"created_ms", m.created_ms}};
+  if (details) {
+    j["lineage"] = m.lineage.to_json();
+    nlohmann::json files = nlohmann::json::array();
+    for (const auto& f : m.files) files.push_back({{"name", f.name}, {"bytes", f.bytes}});
+    j["files"] = files;
+    j["total_bytes"] = m.total_bytes();
+  }
+  return j;
+}
+
+ModelRegistry open_registry() { return ModelRegistry(std::make_shared<Database>(default_database_file())); }
+
+// A JSON value as one short line: strings without quotes, numbers as written.
+std::string value_str(const nlohmann::json& v) { return v.is_string() ? v.get<std::string>() : v.dump(); }
+
+void print_details(const RegisteredModel& m, const std::vector<RegisteredModel>& others) {
+  fmt::print("Model {} version {} (of {})\n", m.name, m.version, m.versions);
+  fmt::print("  path:         {}\n", m.path);
+  fmt::print("  created:      {}\n", format_utc(m.created_ms / 1000));
+  fmt::print("  run:          {}\n", m.source_run_id.empty() ? "- (registered by hand)" : m.source_run_id);
+  if (!m.description.empty()) fmt::print("  description:  {}\n", m.description);
+  const ModelLineage& l = m.lineage;
+  fmt::print("Lineage:\n");
+  if (l.empty()) fmt::print("  (none recorded)\n");
+  if (!l.base_model.empty()) fmt::print("  base model:   {}\n", l.base_model);
+  if (!l.task.empty()) fmt::print("  task:         {}\n", l.task);
+  for (size_t i = 0; i < l.data_paths.size(); ++i)
+    fmt::print("  {}{}\n", i == 0 ? "data:         " : "              ", l.data_paths[i]);
+  if (!l.data_sha256.empty()) fmt::print("  data sha256:  {}\n", l.data_sha256);
+  if (!l.hyperparameters.empty()) {
+    fmt::print("  hyperparameters:\n");
+    for (const auto& [k, v] : l.hyperparameters.items()) fmt::print("    {}: {}\n", k, value_str(v));
+  }
+  if (!l.metrics.empty()) {
+    fmt::print("  metrics:\n");
+    for (const auto& [k, v] : l.metrics.items()) fmt::print("    {}: {}\n", k, value_str(v));
+  }
+  fmt::print("Files ({}, {}):\n", m.files.size(), bytes_str(m.total_bytes()));
+  size_t w = 4;
+  for (const auto& f : m.files) w = std::max(w, f.name.size());
+  std::error_code ec;
+  for (const auto& f : m.files) {
+    const bool there = std::filesystem::exists(std::filesystem::path(m.path) / f.name, ec);
+    fmt::print("  {:<{}}  {:>10}{}\n", f.name, w, bytes_str(f.bytes), there ? "" : "  (missing)");
+  }
+  if (others.size() > 1) {
+    fmt::print("Versions:\n");
+    for (const auto& o : others)
+      fmt::print("  {:>4}  {}  {}\n", o.version, format_utc(o.created_ms / 1000),
+                 o.source_run_id.empty() ? "-" : o.source_run_id);
+  }
+}
+
+// Asks on the terminal; refuses outright when there is no terminal to ask on.
+void confirm(const std::string& question) {
+  if (!isatty(STDIN_FILENO))
+    fail("{}: refusing without --yes (no terminal to confirm on)", question);
+  fmt::print("{} [y/N] ", question);
+  std::fflush(stdout);
+  std::string answer;
+  std::getline(std::cin, answer);
+  if (answer != "y" && answer != "Y" && answer != "yes") fail("not confirmed: nothing was deleted");
 }
 
 void print_registered(const std::vector<RegisteredModel>& models, bool all_versions) {
@@ -104,6 +180,84 @@ void register_models(CLI::App& app) {
     } else {
       print_registered(all, list_opts->all);
     }
+  });
+
+  struct ShowOptions {
+    std::string reference;
+    bool json = false;
+  };
+  auto show_opts = std::make_shared<ShowOptions>();
+  auto* show = models->add_subcommand("show", "Show a registered model: its fields, lineage and files");
+  show->add_option("model", show_opts->reference, "catalog.schema.model (the latest version) or catalog.schema.model/3")
+      ->required();
+  show->add_flag("--json", show_opts->json, "Print JSON");
+  show->callback([show_opts] {
+    const ModelRegistry registry = open_registry();
+    const RegisteredModel m = registry.resolve(show_opts->reference);
+    const auto all = registry.versions(m.name);
+    if (show_opts->json) {
+      nlohmann::json out = registered_json(m, true);
+      nlohmann::json versions = nlohmann::json::array();
+      for (const auto& o : all) versions.push_back(o.version);
+      out["all_versions"] = versions;
+      fmt::print("{}\n", out.dump(2));
+    } else {
+      print_details(m, all);
+    }
+  });
+
+  struct DeleteOptions {
+    std::string reference;
+    bool yes = false;
+  };
+  auto delete_opts = std::make_shared<DeleteOptions>();
+  auto* del = models->add_subcommand("delete", "Delete a registered model (every version) or one version, with its files");
+  del->add_option("model", delete_opts->reference, "catalog.schema.model (every version) or catalog.schema.model/3")
+      ->required();
+  del->add_flag("--yes,-y", delete_opts->yes, "Do not ask for confirmation (needed when not on a terminal)");
+  del->callback([delete_opts] {
+    ModelRegistry registry = open_registry();
+    const auto [name, version] = parse_model_reference(delete_opts->reference);
+    // Resolving first gives the usual errors for a missing name or version before asking.
+    registry.resolve(delete_opts->reference);
+    if (!delete_opts->yes) {
+      const auto count = registry.versions(name).size();
+      confirm(version ? fmt::format("delete {} version {} and its files?", name, *version)
+                      : fmt::format("delete {} ({} version{}) and its files?", name, count, count == 1 ? "" : "s"));
+    }
+    const auto gone = registry.delete_model(name, version);
+    for (const auto& m : gone) fmt::print("deleted {}\n", m.reference());
+  });
+
+  struct RegisterOptions {
+    std::string name, path, description, task, base_model;
+    std::vector<std::string> data;
+  };
+  auto reg_opts = std::make_shared<RegisterOptions>();
+  auto* reg = models->add_subcommand("register", "Register a model folder as the next version of a name");
+  reg->add_option("name", reg_opts->name, "catalog.schema.model")->required();
+  reg->add_option("--path", reg_opts->path, "The model folder (config.json, weights, tokenizer files)")->required();
+  reg->add_option("--description", reg_opts->description, "Free text shown by `models show`");
+  reg->add_option("--task", reg_opts->task, "Lineage: what the model was trained for");
+  reg->add_option("--base-model", reg_opts->base_model, "Lineage: the model it was trained from");
+  reg->add_option("--data", reg_opts->data, "Lineage: training data file or folder (repeatable; hashed)");
+  reg->callback([reg_opts] {
+    ModelLineage lineage;
+    lineage.task = reg_opts->task;
+    lineage.base_model = reg_opts->base_model;
+    if (!reg_opts->data.empty()) {
+      std::vector<std::filesystem::path> paths;
+      for (const auto& d : reg_opts->data) {
+        std::error_code ec;
+        paths.push_back(std::filesystem::absolute(d, ec).lexically_normal());
+        lineage.data_paths.push_back(paths.back().string());
+      }
+      lineage.data_sha256 = hash_data_files(paths);
+    }
+    ModelRegistry registry = open_registry();
+    const auto m = registry.register_model(reg_opts->name, reg_opts->path, "", reg_opts->description, lineage);
+    fmt::print("registered {} version {} ({} files, {}) at {}\n", m.name, m.version, m.files.size(),
+               bytes_str(m.total_bytes()), m.path);
   });
 }
 

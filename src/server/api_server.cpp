@@ -25,6 +25,7 @@
 #include "serving/image_service.h"
 #include "serving/scheduler.h"
 #include "store/database.h"
+#include "store/model_registry.h"
 #include "store/time_spec.h"
 #include "store/token_store.h"
 #include "store/usage_store.h"
@@ -91,13 +92,32 @@ struct LlmBackend {
   Tokenizer tokenizer;
   ChatFormat format;
   std::unique_ptr<BatchScheduler> scheduler;
+  // When the model came from the registry: which version (created_ms tells a version number
+  // that was deleted and taken again apart from the one before).
+  std::string registered_name;
+  std::optional<int64_t> version;
+  int64_t registered_ms = 0;
+};
+
+// An endpoint serving a registered model.
+struct RegistrySource {
+  std::string name;                 // catalog.schema.model
+  std::optional<int64_t> pinned;    // nullopt: follows the latest version
+  Clock::time_point next_check;
+  // The version that last failed to load (version, created_ms): not tried again until the
+  // registry changes.
+  std::optional<std::pair<int64_t, int64_t>> failed;
 };
 
 struct Endpoint {
   EndpointConfig config;
+  // Swapped when a newer registered version is loaded: read and written under
+  // State::llm_mutex. A request takes its own reference at the start and keeps the model it
+  // started with until it ends; the old model is freed when its last request is done.
   std::shared_ptr<LlmBackend> llm;
   std::shared_ptr<ImageService> images;
   std::shared_ptr<ThroughputReservation> reservation;
+  std::optional<RegistrySource> registry;
 };
 
 // Who made a request, for metering.
@@ -116,7 +136,17 @@ struct ApiServer::State {
   std::unique_ptr<UsageStore> usage;
   Metrics metrics;
   std::map<std::string, Endpoint> endpoints;
-  std::vector<std::shared_ptr<LlmBackend>> backends;
+  std::vector<std::shared_ptr<LlmBackend>> backends;  // under llm_mutex
+  std::vector<std::weak_ptr<LlmBackend>> retired;     // swapped out, maybe still finishing requests
+  std::mutex llm_mutex;
+  std::unique_ptr<ModelRegistry> registry;
+
+  // Endpoints that follow a registered model's latest version are checked by this thread.
+  std::mutex reload_mutex;  // one load at a time (the watcher or POST .../reload)
+  std::mutex watch_mutex;
+  std::condition_variable watch_cv;
+  bool watch_stopping = false;
+  std::thread watcher;
   httplib::Server http;
   int64_t started = unix_now();
   std::string fingerprint = "fp_tessera_" + random_hex(4);
@@ -129,6 +159,11 @@ struct ApiServer::State {
   std::thread janitor;
 
   void load_endpoints();
+  std::shared_ptr<LlmBackend> load_backend(const EndpointConfig& ec, const std::filesystem::path& path);
+  std::shared_ptr<LlmBackend> llm_of(const Endpoint& ep);
+  // Loads a newer registered version for `ep` if there is one and swaps it in; true if it did.
+  bool refresh(Endpoint& ep);
+  void watch_registry();
   void setup_routes();
   void setup_metrics();
   void clean_images();
@@ -160,48 +195,150 @@ void send_error(httplib::Response& res, const ApiError& e) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+std::shared_ptr<LlmBackend> ApiServer::State::load_backend(const EndpointConfig& ec, const std::filesystem::path& path) {
+  auto backend = std::make_shared<LlmBackend>(LlmBackend{ec.name, nullptr, load_model_tokenizer(path), {}, nullptr, "", std::nullopt, 0});
+  std::shared_ptr<LanguageModel> model = load_language_model(path);
+  if (!ec.quantize.empty()) {
+    const auto target = dtype_from_name(ec.quantize);
+    if (!target || (*target != DType::Q8_0 && *target != DType::Q4_0 && *target != DType::Q4_1))
+      fail("endpoint '{}': quantize '{}' is not one of q8_0, q4_0, q4_1", ec.name, ec.quantize);
+    model = quantize_model(*model, *target);
+  }
+  backend->model = model;
+  backend->format = ChatFormat::from_template(load_chat_template(path));
+  SchedulerOptions options;
+  options.max_batch = ec.max_batch;
+  options.max_queue = ec.max_queue;
+  options.kv_memory_bytes = static_cast<size_t>(ec.kv_memory_mb) << 20;
+  backend->scheduler = std::make_unique<BatchScheduler>(model, backend->tokenizer, options);
+  return backend;
+}
+
+std::shared_ptr<LlmBackend> ApiServer::State::llm_of(const Endpoint& ep) {
+  std::lock_guard lock(llm_mutex);
+  return ep.llm;
+}
+
 void ApiServer::State::load_endpoints() {
   std::map<std::string, std::shared_ptr<LlmBackend>> by_model;
   for (const auto& ec : config.endpoints) {
     Endpoint ep;
     ep.config = ec;
-    const auto path = resolve_model_path(ec.model);
-    if (!std::filesystem::exists(path))
-      fail("endpoint '{}': model '{}' is not a file, a folder or an installed model{}", ec.name, ec.model,
-           path.is_relative() && !ec.model.empty() && ec.model.find('/') == std::string::npos ? " (scripts/setup installs the defaults)" : "");
+    std::filesystem::path path;
+    std::optional<RegisteredModel> registered;
+    if (const auto reference = registry_reference(ec.model)) {
+      try {
+        registered = registry->resolve(*reference);
+      } catch (const Error& e) {
+        if (!ec.model.starts_with("registry:"))
+          fail("endpoint '{}': model '{}' is not a file, a folder, an installed model or a registered model ({})",
+               ec.name, ec.model, e.what());
+        fail("endpoint '{}': {}", ec.name, e.what());
+      }
+      const auto [name, pinned] = parse_model_reference(*reference);
+      ep.registry = RegistrySource{name, pinned, Clock::now() + std::chrono::milliseconds(
+                                                     static_cast<int64_t>(ec.reload_interval_s * 1000)), std::nullopt};
+      path = registered->path;
+      if (!std::filesystem::exists(path))
+        fail("endpoint '{}': {} is registered at {}, which is missing", ec.name, registered->reference(), path.string());
+    } else {
+      path = resolve_model_path(ec.model);
+      if (!std::filesystem::exists(path))
+        fail("endpoint '{}': model '{}' is not a file, a folder or an installed model{}", ec.name, ec.model,
+             path.is_relative() && !ec.model.empty() && ec.model.find('/') == std::string::npos ? " (scripts/setup installs the defaults)" : "");
+    }
     if (ec.kind == EndpointKind::Image) {
       log(fmt::format("loading image model {} for {}", path.string(), ec.name));
       std::shared_ptr<diffusion::DiffusionPipeline> pipeline = diffusion::DiffusionPipeline::load(path);
       ep.images = std::make_shared<ImageService>(pipeline, static_cast<size_t>(ec.image_queue));
     } else {
       // Endpoints naming the same model with the same batching settings share one scheduler
-      // (and so their decode steps); different settings get a scheduler of their own.
-      const std::string key = fmt::format("{}|{}|{}|{}|{}", std::filesystem::weakly_canonical(path).string(), ec.quantize,
-                                          ec.max_batch, ec.max_queue, ec.kv_memory_mb);
+      // (and so their decode steps); different settings get a scheduler of their own. An
+      // endpoint that follows the registry's latest version swaps its model on its own, so it
+      // shares with nobody.
+      const bool follows = ep.registry && !ep.registry->pinned;
+      const std::string key = fmt::format("{}|{}|{}|{}|{}", follows ? "follow:" + ec.name : std::filesystem::weakly_canonical(path).string(),
+                                          ec.quantize, ec.max_batch, ec.max_queue, ec.kv_memory_mb);
       auto& backend = by_model[key];
       if (!backend) {
-        log(fmt::format("loading {} for {}", path.string(), ec.name));
-        backend = std::make_shared<LlmBackend>(LlmBackend{ec.name, nullptr, load_model_tokenizer(path), {}, nullptr});
-        std::shared_ptr<LanguageModel> model = load_language_model(path);
-        if (!ec.quantize.empty()) {
-          const auto target = dtype_from_name(ec.quantize);
-          if (!target || (*target != DType::Q8_0 && *target != DType::Q4_0 && *target != DType::Q4_1))
-            fail("endpoint '{}': quantize '{}' is not one of q8_0, q4_0, q4_1", ec.name, ec.quantize);
-          model = quantize_model(*model, *target);
+        log(fmt::format("loading {} for {}", registered ? registered->reference() + " (" + path.string() + ")" : path.string(), ec.name));
+        backend = load_backend(ec, path);
+        if (registered) {
+          backend->registered_name = registered->name;
+          backend->version = registered->version;
+          backend->registered_ms = registered->created_ms;
         }
-        backend->model = model;
-        backend->format = ChatFormat::from_template(load_chat_template(path));
-        SchedulerOptions options;
-        options.max_batch = ec.max_batch;
-        options.max_queue = ec.max_queue;
-        options.kv_memory_bytes = static_cast<size_t>(ec.kv_memory_mb) << 20;
-        backend->scheduler = std::make_unique<BatchScheduler>(model, backend->tokenizer, options);
         backends.push_back(backend);
       }
       ep.llm = backend;
     }
     if (ec.provisioned_tokens_per_second) ep.reservation = std::make_shared<ThroughputReservation>(*ec.provisioned_tokens_per_second);
     endpoints.emplace(ec.name, std::move(ep));
+  }
+}
+
+bool ApiServer::State::refresh(Endpoint& ep) {
+  if (!ep.registry || ep.registry->pinned || !ep.llm) return false;
+  std::lock_guard guard(reload_mutex);
+  RegistrySource& source = *ep.registry;
+  const auto latest = registry->get(source.name);
+  // Every version deleted: keep serving what is loaded rather than failing requests.
+  if (!latest) return false;
+  const auto current = llm_of(ep);
+  if (current->version == latest->version && current->registered_ms == latest->created_ms) return false;
+  const std::pair<int64_t, int64_t> identity{latest->version, latest->created_ms};
+  if (source.failed == identity) return false;
+  std::shared_ptr<LlmBackend> fresh;
+  try {
+    log(fmt::format("loading {} ({}) for {}", latest->reference(), latest->path, ep.config.name));
+    fresh = load_backend(ep.config, latest->path);
+  } catch (const std::exception& e) {
+    source.failed = identity;
+    log(fmt::format("endpoint '{}': cannot load {}, still serving version {}: {}", ep.config.name, latest->reference(),
+                    current->version.value_or(0), e.what()));
+    return false;
+  }
+  fresh->registered_name = latest->name;
+  fresh->version = latest->version;
+  fresh->registered_ms = latest->created_ms;
+  std::shared_ptr<LlmBackend> old;
+  {
+    std::lock_guard lock(llm_mutex);
+    old = ep.llm;
+    ep.llm = fresh;
+    for (auto& b : backends)
+      if (b == old) b = fresh;
+    std::erase_if(retired, [](const std::weak_ptr<LlmBackend>& w) { return w.expired(); });
+    retired.push_back(old);
+  }
+  log(fmt::format("endpoint '{}' now serves {}", ep.config.name, latest->reference()));
+  // Requests that started on the old model keep it alive until they finish; if none is left,
+  // it (and its scheduler thread) ends here, outside the locks.
+  old.reset();
+  return true;
+}
+
+void ApiServer::State::watch_registry() {
+  std::unique_lock lock(watch_mutex);
+  while (!watch_stopping) {
+    auto next = Clock::now() + std::chrono::hours(1);
+    for (auto& [name, ep] : endpoints) {
+      if (!ep.registry || ep.registry->pinned || ep.config.reload_interval_s <= 0) continue;
+      if (Clock::now() >= ep.registry->next_check) {
+        lock.unlock();
+        try {
+          refresh(ep);
+        } catch (const std::exception& e) {
+          log(fmt::format("endpoint '{}': checking the registry failed: {}", name, e.what()));
+        }
+        lock.lock();
+        if (watch_stopping) return;
+        ep.registry->next_check =
+            Clock::now() + std::chrono::milliseconds(static_cast<int64_t>(ep.config.reload_interval_s * 1000));
+      }
+      next = std::min(next, ep.registry->next_check);
+    }
+    watch_cv.wait_until(lock, next);
   }
 }
 
@@ -238,6 +375,7 @@ void ApiServer::State::setup_metrics() {
   for (const auto& field : fields) {
     metrics.gauge(field.name, [this, member = field.member] {
       std::vector<std::pair<Labels, double>> out;
+      std::lock_guard lock(llm_mutex);
       for (const auto& b : backends)
         out.push_back({{{"endpoint", b->name}}, static_cast<double>(b->scheduler->stats().*member)});
       return out;
@@ -321,11 +459,12 @@ void ApiServer::State::handle_llm(const httplib::Request& req, httplib::Response
                                   bool chat) {
   const auto start = Clock::now();
   Endpoint& ep = endpoint(requested_model(body));
-  if (!ep.llm)
+  const std::shared_ptr<LlmBackend> llm_ptr = llm_of(ep);
+  if (!llm_ptr)
     throw bad_param("model", fmt::format("'{}' is an image endpoint; use /images/generations", ep.config.name), "wrong_endpoint_kind");
   if (chat && ep.config.kind != EndpointKind::Chat)
     throw bad_param("model", fmt::format("'{}' is a completion endpoint; use /completions", ep.config.name), "wrong_endpoint_kind");
-  LlmBackend& llm = *ep.llm;
+  LlmBackend& llm = *llm_ptr;
   LlmCall call = chat ? parse_chat(body, llm.tokenizer, llm.format, ep.config.default_max_tokens)
                       : parse_completion(body, llm.tokenizer, ep.config.default_max_tokens);
   if (call.echo && call.logprobs) throw bad_param("echo", "echo together with logprobs is not supported");
@@ -486,7 +625,7 @@ void ApiServer::State::handle_llm(const httplib::Request& req, httplib::Response
   Endpoint* ep_ptr = &ep;
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, st, chunk, n, chat, logprobs, echo, prompt_texts, tokenizer, completion_logprobs, usage_json, completion_tokens,
+      [this, llm_ptr, st, chunk, n, chat, logprobs, echo, prompt_texts, tokenizer, completion_logprobs, usage_json, completion_tokens,
        first_token, caller, ep_ptr, id, start, prompt_tokens, model_name, include_usage, created,
        fp](size_t, httplib::DataSink& sink) {
         auto write = [&](const std::string& data) {
@@ -727,8 +866,13 @@ void ApiServer::State::setup_routes() {
   auto models_list = [this](const httplib::Request&, httplib::Response& res, const Caller&) {
     json data = json::array();
     for (const auto& [name, ep] : endpoints) {
+      const auto llm = llm_of(ep);
       json entry = {{"id", name}, {"object", "model"}, {"created", started}, {"owned_by", "tessera"},
-                    {"kind", kind_name(ep.config.kind)}, {"served_model", ep.llm ? ep.llm->model->info().name : ep.config.model}};
+                    {"kind", kind_name(ep.config.kind)}, {"served_model", llm ? llm->model->info().name : ep.config.model}};
+      if (llm && llm->version) {
+        entry["registered_model"] = llm->registered_name;
+        entry["version"] = *llm->version;
+      }
       // Beyond OpenAI's fields, what a client (the playground) needs to offer the right choices.
       const Prices& p = ep.config.prices;
       if (ep.images) {
@@ -751,8 +895,13 @@ void ApiServer::State::setup_routes() {
   auto model_get = [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
     const std::string name = req.matches[1];
     const Endpoint& ep = endpoint(name);
-    send_json(res, 200, {{"id", name}, {"object", "model"}, {"created", started}, {"owned_by", "tessera"},
-                         {"kind", kind_name(ep.config.kind)}});
+    json entry = {{"id", name}, {"object", "model"}, {"created", started}, {"owned_by", "tessera"},
+                  {"kind", kind_name(ep.config.kind)}};
+    if (const auto llm = llm_of(ep); llm && llm->version) {
+      entry["registered_model"] = llm->registered_name;
+      entry["version"] = *llm->version;
+    }
+    send_json(res, 200, entry);
   };
   auto chat = [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
     handle_llm(req, res, c, parse_body(req), true);
@@ -781,6 +930,22 @@ void ApiServer::State::setup_routes() {
                 handle_image(req, res, c, body);
               else
                 handle_llm(req, res, c, std::move(body), ep.config.kind == EndpointKind::Chat && body.contains("messages"));
+            }));
+  // Looks for a newer registered version now instead of at the next interval.
+  http.Post(R"(/serving-endpoints/([^/]+)/reload)",
+            route("reload", [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
+              const std::string name = req.matches[1];
+              Endpoint& ep = endpoint(name);
+              if (!ep.registry)
+                throw ApiError(400, fmt::format("'{}' does not serve a registered model; restart the server to change it.", name),
+                               "invalid_request_error", std::nullopt, "not_from_registry");
+              const bool reloaded = refresh(ep);
+              const auto llm = llm_of(ep);
+              send_json(res, 200, {{"id", name},
+                                   {"registered_model", llm->registered_name},
+                                   {"version", llm->version ? json(*llm->version) : json(nullptr)},
+                                   {"follows_latest", !ep.registry->pinned},
+                                   {"reloaded", reloaded}});
             }));
   http.Get(R"(/v1/images/files/([0-9a-f]{32}\.png))",
            route("images/files", [this](const httplib::Request& req, httplib::Response& res, const Caller&) {
@@ -873,6 +1038,7 @@ ApiServer::ApiServer(ServerConfig config, std::function<void(const std::string&)
   s.usage = std::make_unique<UsageStore>(s.db);
   s.image_dir = s.data_dir / "images";
   std::filesystem::create_directories(s.image_dir);
+  s.registry = std::make_unique<ModelRegistry>(s.db);
   if (s.config.threads > 0) ThreadPool::set_global_threads(static_cast<size_t>(s.config.threads));
   s.load_endpoints();
   s.setup_metrics();
@@ -882,6 +1048,11 @@ ApiServer::ApiServer(ServerConfig config, std::function<void(const std::string&)
   const int threads = s.config.http_threads;
   s.http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
   s.janitor = std::thread([&s] { s.clean_images(); });
+  for (const auto& [name, ep] : s.endpoints)
+    if (ep.registry && !ep.registry->pinned && ep.config.reload_interval_s > 0) {
+      s.watcher = std::thread([&s] { s.watch_registry(); });
+      break;
+    }
 }
 
 ApiServer::~ApiServer() {
@@ -893,8 +1064,16 @@ ApiServer::~ApiServer() {
   }
   state_->janitor_cv.notify_all();
   if (state_->janitor.joinable()) state_->janitor.join();
+  {
+    std::lock_guard lock(state_->watch_mutex);
+    state_->watch_stopping = true;
+  }
+  state_->watch_cv.notify_all();
+  if (state_->watcher.joinable()) state_->watcher.join();
   // Streams still open hold the schedulers' results; stopping the schedulers ends them.
   for (auto& b : state_->backends) b->scheduler.reset();
+  for (auto& weak : state_->retired)
+    if (auto b = weak.lock()) b->scheduler.reset();
   state_->usage->flush();
 }
 

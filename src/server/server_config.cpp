@@ -7,6 +7,8 @@
 
 #include "core/error.h"
 #include "core/paths.h"
+#include "models/llm/language_model.h"
+#include "store/model_registry.h"
 
 namespace tessera::server {
 
@@ -72,7 +74,7 @@ EndpointConfig parse_endpoint(const Reader& r, const YAML::Node& node, const std
   const std::string at = fmt::format("endpoints.{}", e.name);
   r.only(node, at,
          {"name", "kind", "model", "quantize", "prices", "max_batch", "max_queue", "kv_memory_mb",
-          "provisioned_tokens_per_second", "max_tokens", "sizes", "steps", "max_steps", "guidance_scale", "max_images",
+          "provisioned_tokens_per_second", "max_tokens", "reload_interval_s", "sizes", "steps", "max_steps", "guidance_scale", "max_images",
           "image_queue"});
   if (!node["kind"]) r.bad(at, "kind is missing (chat, completion or image)");
   e.kind = parse_kind(r, at + ".kind", r.str(node["kind"], at + ".kind"));
@@ -95,6 +97,8 @@ EndpointConfig parse_endpoint(const Reader& r, const YAML::Node& node, const std
     e.provisioned_tokens_per_second =
         r.number(node["provisioned_tokens_per_second"], at + ".provisioned_tokens_per_second", 1e-3, 1e9);
   if (node["max_tokens"]) e.default_max_tokens = r.integer(node["max_tokens"], at + ".max_tokens", 1, 1 << 24);
+  if (node["reload_interval_s"])
+    e.reload_interval_s = r.number(node["reload_interval_s"], at + ".reload_interval_s", 0, 86400);
   if (const auto s = node["sizes"]) {
     if (!s.IsSequence() || s.size() == 0) r.bad(at + ".sizes", "expected a list of sizes such as 1024x1024");
     e.sizes.clear();
@@ -126,6 +130,18 @@ std::string kind_name(EndpointKind kind) {
 }
 
 std::string ImageSize::str() const { return fmt::format("{}x{}", width, height); }
+
+std::optional<std::string> registry_reference(const std::string& model) {
+  constexpr std::string_view kPrefix = "registry:";
+  if (model.starts_with(kPrefix)) return model.substr(kPrefix.size());
+  if (model.find('.') == std::string::npos || std::filesystem::exists(resolve_model_path(model))) return std::nullopt;
+  try {
+    parse_model_reference(model);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
+  return model;
+}
 
 ImageSize parse_image_size(const std::string& text) {
   const auto x = text.find('x');
@@ -199,6 +215,15 @@ void ServerConfig::validate() const {
       fail("endpoint name '{}' must be 1 to 128 characters without '/', '?', '#' or spaces", e.name);
     if (!names.insert(e.name).second) fail("endpoint '{}' is listed twice", e.name);
     if (e.model.empty()) fail("endpoint '{}': model is empty", e.name);
+    if (e.model.starts_with("registry:")) {
+      if (e.kind == EndpointKind::Image)
+        fail("endpoint '{}': model: the registry holds language models, not image pipelines", e.name);
+      try {
+        parse_model_reference(e.model.substr(9));
+      } catch (const Error& err) {
+        fail("endpoint '{}': model: {}", e.name, err.what());
+      }
+    }
   }
 }
 

@@ -23,7 +23,10 @@ struct ImageSize {
 struct EndpointConfig {
   std::string name;
   EndpointKind kind = EndpointKind::Chat;
-  std::string model;                 // folder, .gguf file, or the name of an installed model
+  // A folder, a .gguf file, the name of an installed model, or a registered model:
+  // "registry:catalog.schema.model" (follows the latest version), "registry:catalog.schema.model/3"
+  // (pinned), or the bare "catalog.schema.model[/3]" when that is not also a path.
+  std::string model;
   std::string quantize;              // LLM: load-time quantization (q8_0, q4_0), empty: as stored
   Prices prices;
   // LLM endpoints.
@@ -32,6 +35,9 @@ struct EndpointConfig {
   int64_t kv_memory_mb = 1024;
   std::optional<double> provisioned_tokens_per_second;
   int64_t default_max_tokens = 512;
+  // An endpoint following a registered model's latest version looks for a newer one this
+  // often (0: only when asked, POST /serving-endpoints/{name}/reload).
+  double reload_interval_s = 10;
   // Image endpoints.
   std::vector<ImageSize> sizes = {{1024, 1024}, {1280, 768}, {768, 1280}};
   int64_t steps = 30;
@@ -58,6 +64,11 @@ struct ServerConfig {
   static ServerConfig defaults();
   void validate() const;
 };
+
+// The registry reference an endpoint's model names ("catalog.schema.model" or with "/N"), or
+// nullopt for a file, folder or installed model. "registry:..." always names the registry; a
+// bare three-part name does when no file or installed model has that name.
+std::optional<std::string> registry_reference(const std::string& model);
 
 // "1024x1024" -> {1024, 1024}; throws tessera::Error otherwise.
 ImageSize parse_image_size(const std::string& text);

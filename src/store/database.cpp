@@ -112,6 +112,14 @@ CREATE TABLE registered_models (
 
 PRAGMA user_version = 2;
 )sql",
+    // 3: the registry stores each version's files itself and keeps its lineage. Rows made
+    // before this point at folders elsewhere and get an empty lineage and file list.
+    R"sql(
+ALTER TABLE registered_models ADD COLUMN lineage TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE registered_models ADD COLUMN files   TEXT NOT NULL DEFAULT '[]';
+
+PRAGMA user_version = 3;
+)sql",
 };
 
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));

@@ -15,6 +15,7 @@
 #include "core/paths.h"
 #include "core/thread_pool.h"
 #include "models/llm/dbrx_init.h"
+#include "store/data_hash.h"
 #include "store/model_registry.h"
 #include "store/run_store.h"
 #include "training/data.h"
@@ -402,10 +403,31 @@ int run_pretrain_job(const std::shared_ptr<Database>& db, const std::string& run
     if (const auto& name = config.model_registry_path ? config.model_registry_path
                                                         : (config.mlflow ? config.mlflow->model_registry_path
                                                                          : std::nullopt)) {
+      // Lineage: where the weights came from and what they were trained on, with the data's
+      // content hash so that a later change to the files shows.
+      ModelLineage lineage;
+      lineage.base_model = "random init of " + (config.model_config_path ? config.model_config_path->string() : config.model);
+      lineage.task = "pretrain";
+      std::vector<fs::path> data_paths = config.train_data;
+      data_paths.insert(data_paths.end(), config.eval_data.begin(), config.eval_data.end());
+      for (const auto& p : data_paths) lineage.data_paths.push_back(p.string());
+      lineage.data_sha256 = hash_data_files(data_paths);
+      for (const auto& [key, value] : run_params(config, model, plan, data.stats)) {
+        const auto number = nlohmann::json::parse(value, nullptr, false);
+        lineage.hyperparameters[key] = number.is_number() ? number : nlohmann::json(value);
+      }
+      if (const auto done = store.get(run_id)) {
+        lineage.metrics["steps"] = done->step;
+        lineage.metrics["tokens"] = done->tokens;
+        if (done->loss) lineage.metrics["train_loss"] = *done->loss;
+        if (done->eval_loss) lineage.metrics["eval_loss"] = *done->eval_loss;
+        if (done->best_eval_loss) lineage.metrics["best_eval_loss"] = *done->best_eval_loss;
+      }
       ModelRegistry registry(db);
-      const auto entry = registry.register_model(*name, last, run_id, "pre-trained by run " + run_id);
+      const auto entry =
+          registry.register_model(*name, last, run_id, "pre-trained by run " + run_id, std::move(lineage));
       store.set_registered(run_id, entry.name, entry.version);
-      paced.line(fmt::format("registered {} version {} ({})", entry.name, entry.version, last.string()));
+      paced.line(fmt::format("registered {} version {} ({}, from {})", entry.name, entry.version, entry.path, last.string()));
     }
     store.finish(run_id, RunStatus::completed);
     return 0;
