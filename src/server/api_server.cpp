@@ -1108,6 +1108,14 @@ int ApiServer::start() {
   return port_;
 }
 
-void ApiServer::stop() { state_->http.stop(); }
+void ApiServer::stop() {
+  // No new model loads once shutting down.
+  {
+    std::lock_guard lock(state_->watch_mutex);
+    state_->watch_stopping = true;
+  }
+  state_->watch_cv.notify_all();
+  state_->http.stop();
+}
 
 }  // namespace tessera::server

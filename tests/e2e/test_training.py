@@ -147,13 +147,27 @@ def test_pretraining_lowers_eval_loss_and_the_checkpoint_loads_everywhere(cli, t
     cli.run("runs", "plot", run_id, "-o", plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Registered in tessera's registry, pointing at the final checkpoint.
-    models = cli.run("models", "list", "--json").stdout
-    entry = next(m for m in json.loads(models) if m["name"] == "main.demo.tiny_dbrx")
-    final = pathlib.Path(entry["path"])
-    assert final == tmp_path / "ckpt" / "step-000300"
+    # Registered in tessera's registry: the final checkpoint's model files (not its optimizer
+    # state) stored under the registry's own folder, with the run's lineage.
+    final = tmp_path / "ckpt" / "step-000300"
     assert {"config.json", "model.safetensors", "optimizer.safetensors", "trainer_state.json"} <= {
         p.name for p in final.iterdir()}
+    models = cli.run("models", "list", "--json").stdout
+    entry = next(m for m in json.loads(models) if m["name"] == "main.demo.tiny_dbrx")
+    stored = pathlib.Path(entry["path"])
+    assert stored == cli.home / "registry" / "main" / "demo" / "tiny_dbrx" / "1"
+    names = {p.name for p in stored.iterdir()}
+    assert {"config.json", "model.safetensors"} <= names
+    assert not names & {"optimizer.safetensors", "trainer_state.json"}, names
+    assert (stored / "model.safetensors").read_bytes() == (final / "model.safetensors").read_bytes()
+    shown = json.loads(cli.run("models", "show", "--json", "main.demo.tiny_dbrx/1").stdout)
+    lineage = shown["lineage"]
+    assert lineage["task"] == "pretrain" and lineage["run_id"] == run_id
+    assert lineage["base_model"] == "random init of dbrx-tiny"
+    assert lineage["data_paths"] and len(lineage["data_sha256"]) == 64
+    assert lineage["hyperparameters"]["seed"] == 11 and lineage["hyperparameters"]["total_steps"] == 300
+    assert abs(lineage["metrics"]["eval_loss"] - end) < 1e-6 and math.isfinite(lineage["metrics"]["train_loss"])
+    assert sum(f["bytes"] for f in shown["files"]) == shown["total_bytes"] > 0
 
     # tessera generate runs the checkpoint, and it has learned the grammar's words.
     gen = cli.run("generate", "--model", final, "--prompt", "the cat sat on", "-n", "6", "--temperature", "0",
