@@ -11,7 +11,8 @@
 // Storage: version N of catalog.schema.model lives in <root>/catalog/schema/model/N/, where the
 // root is the "registry" folder next to the database file (data_dir()/registry by default).
 // Registering copies the model's files there (hard links when on the same filesystem), so
-// later changes to the training folder cannot change a registered version. The files are
+// deleting the training folder, or replacing its files (checkpoints are written under a new
+// name and renamed), cannot change a registered version. The files are
 // assembled in a staging folder and renamed into place in the same transaction that adds the
 // row: a crash leaves either the whole version or none (a leftover folder without a row is
 // removed by the next registration of that name).

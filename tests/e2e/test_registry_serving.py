@@ -19,6 +19,7 @@ from conftest import Server
 
 PROMPT = "The registry keeps"
 QUESTION = "What is in version two?"
+LONG = 400  # tokens: a stream that is still running when the model is swapped
 
 CONFIG = """
 threads: 2
@@ -45,8 +46,9 @@ def run(binary, env, *args, stdin=None):
     return proc.stdout
 
 
-def generate(binary, env, model, n=16):
-    out = run(binary, env, "generate", "--model", model, "--prompt", PROMPT, "-n", n, "--temperature", "0", "--json")
+def generate(binary, env, model, n=16, *flags):
+    out = run(binary, env, "generate", "--model", model, "--prompt", PROMPT, "-n", n, "--temperature", "0", "--json",
+              *flags)
     return json.loads(out)["text"]
 
 
@@ -103,13 +105,21 @@ def test_an_endpoint_follows_the_latest_registered_version(tessera_bin, tmp_path
         assert complete("tiny-completion") == expected[1]
         assert ask() == answers[1]
 
-        # A stream that started on version 1 keeps version 1 while the swap happens.
-        stream = client.completions.create(model="tiny-completion", prompt=PROMPT, max_tokens=16, temperature=0,
-                                           stream=True)
-        pieces = [next(iter(stream)).choices[0].text]
-
+        # A long stream that started on version 1 keeps version 1 while version 2 is registered
+        # and swapped in (on demand here, so that the swap happens while it runs).
+        long_text = generate(tessera_bin, env, models[1], LONG, "--ignore-eos")
+        stream = client.completions.create(model="tiny-completion", prompt=PROMPT, max_tokens=LONG, temperature=0,
+                                           stream=True, extra_body={"ignore_eos": True})
+        chunks = iter(stream)
+        pieces = [next(chunks).choices[0].text]
         out = run(tessera_bin, env, "models", "register", "main.demo.tiny", "--path", models[2])
         assert "version 2" in out
+        r = requests.post(srv.url + "/serving-endpoints/tiny-completion/reload", headers=srv.headers(), timeout=60)
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        assert complete("tiny-completion") == expected[2], "new requests go to version 2 at once"
+        pieces += [c.choices[0].text for c in chunks if c.choices]
+        assert "".join(pieces) == long_text
+
         deadline = time.time() + 60
         while True:
             listed = served(srv)
@@ -117,9 +127,6 @@ def test_an_endpoint_follows_the_latest_registered_version(tessera_bin, tmp_path
                 break
             assert time.time() < deadline, f"still serving {listed}"
             time.sleep(0.2)
-        pieces += [c.choices[0].text for c in stream if c.choices]
-        assert "".join(pieces) == expected[1]
-
         assert complete("tiny-completion") == expected[2]
         assert ask() == answers[2]
         # The pinned endpoint stays on version 1, even when asked to reload.
