@@ -99,6 +99,27 @@ TEST(ModelRegistryStorage, CopiesTheModelFilesAndLeavesTrainingStateOut) {
   EXPECT_EQ(names_in(tmp / "registry" / "main" / "demo" / "tiny"), (std::set<std::string>{"1", "2"}));
 }
 
+TEST(ModelRegistryStorage, CopiesWhenTheRegistryIsOnAnotherFilesystem) {
+  TempDir tmp;
+  const fs::path shm = "/dev/shm";
+  struct stat a {}, b {};
+  if (stat(shm.c_str(), &b) != 0 || stat(tmp.path().c_str(), &a) != 0 || a.st_dev == b.st_dev)
+    GTEST_SKIP() << "needs /dev/shm on another filesystem than " << tmp.path();
+  const fs::path root = shm / ("tessera-registry-test-" + std::to_string(getpid()));
+  ModelRegistry registry(std::make_shared<Database>(tmp / "tessera.db"), {}, root);
+  const auto ckpt = make_checkpoint(tmp / "ckpt");
+  const auto m = registry.register_model("main.demo.tiny", ckpt);
+  EXPECT_EQ(m.path, (root / "main" / "demo" / "tiny" / "1").string());
+  EXPECT_EQ(names_in(m.path), kModelFiles);
+  EXPECT_EQ(read_file(fs::path(m.path) / "model.safetensors"), std::string(64, '\1'));
+  struct stat st {};
+  ASSERT_EQ(stat((ckpt / "model.safetensors").c_str(), &st), 0);
+  EXPECT_EQ(st.st_nlink, 1u) << "copied, not linked";
+  registry.delete_model("main.demo.tiny");
+  EXPECT_FALSE(fs::exists(root / "main"));
+  fs::remove_all(root);
+}
+
 TEST(ModelRegistryStorage, AFailedRegistrationLeavesNoFilesAndNoRow) {
   TempDir tmp;
   const auto db_file = tmp / "tessera.db";

@@ -109,7 +109,7 @@ void confirm(const std::string& question) {
 
 void print_registered(const std::vector<RegisteredModel>& models, bool all_versions) {
   if (models.empty()) {
-    fmt::print("no registered models (a training run registers one under its model_registry_path)\n");
+    fmt::print("no registered models (a training run registers one under its model_registry_path; `tessera models register` adds one by hand)\n");
     return;
   }
   size_t name_w = 4, path_w = 4, run_w = 3;
