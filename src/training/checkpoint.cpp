@@ -52,7 +52,8 @@ fs::path checkpoint_dir(const fs::path& save_folder, int64_t step) {
 }
 
 fs::path save_checkpoint(const fs::path& save_folder, int64_t step, const DbrxTrainingModel& model,
-                         const AdamW& optimizer, const nlohmann::json& trainer_state, int64_t keep_last) {
+                         const AdamW& optimizer, const nlohmann::json& trainer_state, int64_t keep_last,
+                         const std::function<void(const fs::path&)>& extra) {
   const fs::path final_dir = checkpoint_dir(save_folder, step);
   const fs::path tmp = final_dir.string() + ".tmp";
   std::error_code ec;
@@ -61,6 +62,7 @@ fs::path save_checkpoint(const fs::path& save_folder, int64_t step, const DbrxTr
   if (ec) fail("{}: cannot create checkpoint folder: {}", tmp.string(), ec.message());
   model.save(tmp);
   optimizer.save(tmp / "optimizer.safetensors");
+  if (extra) extra(tmp);
   write_text_atomically(tmp / "trainer_state.json", trainer_state.dump(1) + "\n");
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir, ec);

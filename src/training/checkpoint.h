@@ -12,6 +12,7 @@
 // process killed at any moment leaves either the whole checkpoint or none of it.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 
 #include <nlohmann/json.hpp>
@@ -24,9 +25,11 @@ namespace tessera::training {
 std::filesystem::path checkpoint_dir(const std::filesystem::path& save_folder, int64_t step);
 
 // Writes the checkpoint of `step`, then removes the oldest ones beyond keep_last (0 keeps all).
+// `extra` may add files to the folder before it is moved into place.
 std::filesystem::path save_checkpoint(const std::filesystem::path& save_folder, int64_t step,
                                       const DbrxTrainingModel& model, const AdamW& optimizer,
-                                      const nlohmann::json& trainer_state, int64_t keep_last);
+                                      const nlohmann::json& trainer_state, int64_t keep_last,
+                                      const std::function<void(const std::filesystem::path&)>& extra = {});
 
 // The newest complete checkpoint in save_folder, if any.
 std::optional<std::filesystem::path> latest_checkpoint(const std::filesystem::path& save_folder);

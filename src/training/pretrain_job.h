@@ -31,6 +31,10 @@ struct PretrainJobOptions {
 int run_pretrain_job(const std::shared_ptr<Database>& db, const std::string& run_id, const PretrainJobOptions& options,
                      const std::atomic<bool>& stop);
 
+// DBRX's tokenizer (the installed cl100k_base with DBRX's special tokens), exactly as every
+// checkpoint tessera writes carries it.
+Tokenizer default_dbrx_tokenizer();
+
 // The tokenizer a training config uses: the model folder's own files when its config.json
 // comes with them, else the installed cl100k_base with DBRX's special tokens.
 Tokenizer training_tokenizer(const TrainConfig& config);

@@ -21,6 +21,23 @@ Rng jitter_rng(uint64_t seed, int64_t step, int64_t micro) {
              static_cast<uint64_t>(micro) * 0x94d049bb133111ebull ^ 0x6a177e7ull);
 }
 
+// Full training: the model's own weights and gradients.
+class AllWeights final : public TrainableWeights {
+ public:
+  void attach(DbrxTrainingModel& model) override { model_ = &model; }
+  std::span<float> values() override { return model_->values(); }
+  std::span<float> grads() override { return model_->grads(); }
+  const std::vector<Parameter>& parameters() const override { return model_->parameters(); }
+  void before_step(DbrxTrainingModel&) override {}
+  void after_backward(DbrxTrainingModel&) override {}
+  void save(const std::filesystem::path&) const override {}
+  void load(const std::filesystem::path&) override {}
+  bool resumes_from_base() const override { return false; }
+
+ private:
+  DbrxTrainingModel* model_ = nullptr;
+};
+
 }  // namespace
 
 Trainer::Trainer(TrainerSettings settings, BatchSource& data) : s_(std::move(settings)), data_(data) {
@@ -52,31 +69,39 @@ EvalReport Trainer::evaluate(DbrxTrainingModel& model, int64_t step) {
 }
 
 std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserver*>& observers,
-                                   const std::atomic<bool>* stop) {
+                                   const std::atomic<bool>* stop, TrainableWeights* trainable) {
   const int64_t seq = data_.seq_len();
   const int64_t micro_steps = s_.global_batch / s_.micro_batch;
   const int64_t tokens_per_step = s_.global_batch * seq;
 
   std::optional<std::filesystem::path> from = resume ? latest_checkpoint(s_.save_folder) : std::nullopt;
+  AllWeights all_weights;
+  TrainableWeights& trained = trainable ? *trainable : all_weights;
   int64_t step = 0, tokens = 0;
   std::unique_ptr<DbrxTrainingModel> model;
   StartReport start;
+  nlohmann::json state;
   if (from) {
-    const nlohmann::json state = read_trainer_state(*from);
+    state = read_trainer_state(*from);
     if (state.value("run_id", s_.run_id) != s_.run_id)
       fail("{}: this checkpoint belongs to run '{}', not '{}'", from->string(), state.value("run_id", ""), s_.run_id);
+  }
+  if (from && !trained.resumes_from_base())
     model = std::make_unique<DbrxTrainingModel>(DbrxTrainingModel::load(*from));
+  else if (!s_.init_from.empty())
+    model = std::make_unique<DbrxTrainingModel>(DbrxTrainingModel::load(s_.init_from));
+  else
+    model = std::make_unique<DbrxTrainingModel>(s_.model, s_.seed, s_.init_std);
+  trained.attach(*model);
+  AdamW optimizer(trained.values().size(), s_.adam);
+  if (from) {
+    trained.load(*from);
+    optimizer.load(*from / "optimizer.safetensors");
     step = state.at("step").get<int64_t>();
     tokens = state.at("tokens").get<int64_t>();
     data_.restore(state.at("data"));
     start.resumed_from = *from;
-  } else if (!s_.init_from.empty()) {
-    model = std::make_unique<DbrxTrainingModel>(DbrxTrainingModel::load(s_.init_from));
-  } else {
-    model = std::make_unique<DbrxTrainingModel>(s_.model, s_.seed, s_.init_std);
   }
-  AdamW optimizer(model->values().size(), s_.adam);
-  if (from) optimizer.load(*from / "optimizer.safetensors");
 
   start.parameters = model->config().parameter_count();
   start.active_parameters = model->config().active_parameter_count();
@@ -85,6 +110,7 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
   start.tokens_per_step = tokens_per_step;
   for (auto* o : observers) o->on_start(start);
   // Where the loss starts, for curves and comparisons (a fresh run only).
+  trained.before_step(*model);
   if (step == 0 && data_.eval_batches(s_.micro_batch) > 0) {
     const EvalReport eval = evaluate(*model, 0);
     for (auto* o : observers) o->on_eval(eval);
@@ -93,7 +119,9 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
   auto save = [&](int64_t at) {
     const nlohmann::json state = {{"run_id", s_.run_id}, {"step", at}, {"tokens", tokens}, {"data", data_.state()},
                                   {"seed", s_.seed}, {"total_steps", s_.total_steps}};
-    auto dir = save_checkpoint(s_.save_folder, at, *model, optimizer, state, s_.keep_last);
+    trained.before_step(*model);  // the model holds the weights as trained so far
+    auto dir = save_checkpoint(s_.save_folder, at, *model, optimizer, state, s_.keep_last,
+                               [&](const std::filesystem::path& tmp) { trained.save(tmp); });
     for (auto* o : observers) o->on_checkpoint(at, dir);
     return dir;
   };
@@ -114,6 +142,7 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
       data_.next_train(s_.micro_batch, inputs[m], targets[m]);
       for (int32_t t : targets[m]) counted += t >= 0;
     }
+    trained.before_step(*model);
     model->zero_grad();
     StepReport report;
     const float ce_scale = counted ? 1.0f / static_cast<float>(counted) : 0.0f;
@@ -125,9 +154,10 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
       ce_sum += loss.ce_sum;
       aux += loss.aux_loss / static_cast<double>(micro_steps);
     }
-    report.grad_norm = grad_norm(model->grads());
+    trained.after_backward(*model);
+    report.grad_norm = grad_norm(trained.grads());
     report.lr = learning_rate(step, s_.total_steps, s_.warmup_steps, s_.lr, s_.min_lr_ratio, s_.schedule);
-    optimizer.step(model->values(), model->grads(), model->parameters(), report.lr,
+    optimizer.step(trained.values(), trained.grads(), trained.parameters(), report.lr,
                    clip_factor(report.grad_norm, s_.grad_clip));
     tokens += tokens_per_step;
 

@@ -10,12 +10,14 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "models/llm/dbrx_config.h"
+#include "training/dbrx_training_model.h"
 #include "training/optimizer.h"
 
 namespace tessera::training {
@@ -84,14 +86,38 @@ class TrainingObserver {
   virtual void on_finish(int64_t step, const std::filesystem::path& final_checkpoint, bool stopped) {}
 };
 
+// What the optimizer trains. By default every weight of the model; a LoRA adapter instead
+// trains its own small matrices around frozen weights. The trainer calls before_step() before
+// each step's forwards (an adapter writes W + s·B·A into the model there), after_backward() once
+// the step's gradients are in the model (an adapter projects them onto its matrices), and
+// optimizes values() with grads().
+class TrainableWeights {
+ public:
+  virtual ~TrainableWeights() = default;
+  virtual void attach(DbrxTrainingModel& model) = 0;
+  virtual std::span<float> values() = 0;
+  virtual std::span<float> grads() = 0;
+  virtual const std::vector<Parameter>& parameters() const = 0;
+  virtual void before_step(DbrxTrainingModel& model) = 0;
+  virtual void after_backward(DbrxTrainingModel& model) = 0;
+  // Extra files in a checkpoint folder (the model itself is saved as model.safetensors, with
+  // whatever before_step() last wrote into it), and reading them back on resume.
+  virtual void save(const std::filesystem::path& checkpoint) const = 0;
+  virtual void load(const std::filesystem::path& checkpoint) = 0;
+  // Whether a resumed run rebuilds the model from init_from and this object's files (true for
+  // an adapter) or loads the checkpoint's model.safetensors (false: full training).
+  virtual bool resumes_from_base() const = 0;
+};
+
 class Trainer {
  public:
   Trainer(TrainerSettings settings, BatchSource& data);
 
   // Trains to total_steps, from the newest checkpoint in save_folder when `resume` is set and
   // one exists. Returns the last checkpoint written. `stop` is polled between steps.
+  // `trainable` (null: every weight, full training) is what the optimizer updates.
   std::filesystem::path run(bool resume, const std::vector<TrainingObserver*>& observers,
-                            const std::atomic<bool>* stop = nullptr);
+                            const std::atomic<bool>* stop = nullptr, TrainableWeights* trainable = nullptr);
 
  private:
   EvalReport evaluate(class DbrxTrainingModel& model, int64_t step);
