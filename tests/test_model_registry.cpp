@@ -97,6 +97,14 @@ TEST(ModelRegistryStorage, CopiesTheModelFilesAndLeavesTrainingStateOut) {
   EXPECT_EQ(read_file(fs::path(m.path) / "model.safetensors"), std::string(64, '\1'));
   // Nothing but the version folders is left in the model's folder.
   EXPECT_EQ(names_in(tmp / "registry" / "main" / "demo" / "tiny"), (std::set<std::string>{"1", "2"}));
+
+  // A LoRA adapter kept apart from its base model registers too.
+  fs::create_directories(tmp / "adapter");
+  write_file(tmp / "adapter" / "adapter_config.json", R"({"r": 8})");
+  write_file(tmp / "adapter" / "adapter_model.safetensors", std::string(16, '\4'));
+  write_file(tmp / "adapter" / "optimizer.safetensors", std::string(16, '\5'));
+  const auto adapter = registry.register_model("main.demo.tiny_lora", tmp / "adapter");
+  EXPECT_EQ(names_in(adapter.path), (std::set<std::string>{"adapter_config.json", "adapter_model.safetensors"}));
 }
 
 TEST(ModelRegistryStorage, CopiesWhenTheRegistryIsOnAnotherFilesystem) {

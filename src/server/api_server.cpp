@@ -278,13 +278,14 @@ void ApiServer::State::load_endpoints() {
 }
 
 bool ApiServer::State::refresh(Endpoint& ep) {
-  if (!ep.registry || ep.registry->pinned || !ep.llm) return false;
+  if (!ep.registry || ep.registry->pinned) return false;
   std::lock_guard guard(reload_mutex);
   RegistrySource& source = *ep.registry;
   const auto latest = registry->get(source.name);
   // Every version deleted: keep serving what is loaded rather than failing requests.
   if (!latest) return false;
   const auto current = llm_of(ep);
+  if (!current) return false;
   if (current->version == latest->version && current->registered_ms == latest->created_ms) return false;
   const std::pair<int64_t, int64_t> identity{latest->version, latest->created_ms};
   if (source.failed == identity) return false;

@@ -251,8 +251,9 @@ RegisteredModel ModelRegistry::register_model(const std::string& name, const fs:
   const auto folder = fs::absolute(path, ec).lexically_normal();
   if (ec) fail("{}: cannot make the path absolute: {}", path.string(), ec.message());
   if (!fs::is_directory(folder, ec)) fail("{}: not a folder (a model folder is registered)", folder.string());
-  if (!fs::is_regular_file(folder / "config.json", ec))
-    fail("{}: no config.json (not a model folder)", folder.string());
+  // A LoRA adapter kept apart from its base model has adapter_config.json instead.
+  if (!fs::is_regular_file(folder / "config.json", ec) && !fs::is_regular_file(folder / "adapter_config.json", ec))
+    fail("{}: no config.json or adapter_config.json (not a model folder)", folder.string());
   if (!has_weights(folder)) fail("{}: no weights (*.safetensors or *.gguf)", folder.string());
 
   RegisteredModel m;

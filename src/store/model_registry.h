@@ -89,7 +89,8 @@ class ModelRegistry {
                          std::filesystem::path storage_root = {});
 
   // Adds the next version of `name`, storing the files of the model folder `path` (which must
-  // exist and hold a config.json and *.safetensors or *.gguf weights). lineage.run_id defaults
+  // exist and hold a config.json, or an adapter_config.json for a separate LoRA adapter, and
+  // *.safetensors or *.gguf weights). lineage.run_id defaults
   // to source_run_id and the other way round. Returns the new entry.
   RegisteredModel register_model(const std::string& name, const std::filesystem::path& path,
                                  const std::string& source_run_id = "", const std::string& description = "",
