@@ -169,6 +169,33 @@ TEST(AutogradOps, LongSequenceAttentionAcrossQueryBlocks) {
   }
 }
 
+// Rows that pack several examples: with segment starts, each example's output and gradients are
+// those of the example run alone.
+TEST(AutogradOps, SegmentedAttentionKeepsPackedExamplesApart) {
+  Rng rng(10);
+  const int64_t t = 70, ld = 16, ctx_w = 8;
+  ag::AttentionShape packed{1, t, 2, 1, 4, ld};
+  std::vector<int32_t> starts(t);
+  for (int64_t i = 0; i < t; ++i) starts[i] = i < 30 ? 0 : (i < 66 ? 30 : 66);  // examples [0,30) [30,66) [66,70)
+  packed.segment_start = starts.data();
+  auto qkv = random_vector(rng, t * ld), r = random_vector(rng, t * ctx_w);
+  std::vector<float> ctx(t * ctx_w), dqkv(t * ld, 0.0f);
+  ag::attention_forward(packed, qkv.data(), qkv.data() + 8, qkv.data() + 12, ctx.data());
+  ag::attention_backward(packed, qkv.data(), qkv.data() + 8, qkv.data() + 12, r.data(), dqkv.data(), dqkv.data() + 8,
+                         dqkv.data() + 12);
+  for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 30}, {30, 66}, {66, 70}}) {
+    const int64_t n = end - begin;
+    const ag::AttentionShape alone{1, n, 2, 1, 4, ld};
+    std::vector<float> c(n * ctx_w), d(n * ld, 0.0f);
+    const float* base = qkv.data() + begin * ld;
+    ag::attention_forward(alone, base, base + 8, base + 12, c.data());
+    ag::attention_backward(alone, base, base + 8, base + 12, r.data() + begin * ctx_w, d.data(), d.data() + 8,
+                           d.data() + 12);
+    for (int64_t i = 0; i < n * ctx_w; ++i) ASSERT_NEAR(ctx[begin * ctx_w + i], c[i], 1e-6) << "example at " << begin;
+    for (int64_t i = 0; i < n * ld; ++i) ASSERT_NEAR(dqkv[begin * ld + i], d[i], 1e-5) << "example at " << begin;
+  }
+}
+
 TEST(AutogradOps, AttentionIsCausal) {
   Rng rng(5);
   const ag::AttentionShape s{1, 6, 2, 1, 4, 16};
@@ -332,6 +359,33 @@ TEST_P(DbrxGradGolden, GradientsAccumulateAndEvaluateAgrees) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, DbrxGradGolden,
                          ::testing::Values("e4_top2_gqa_clip", "e8_top3_mqa_p2", "e4_top1_mha_raw"));
+
+TEST(DbrxTrainingModel, PackedExamplesLossEqualsSeparateExamples) {
+  // RoPE depends on relative positions only, so an example packed at offset 9 of a row, cut off
+  // from what precedes it, scores as if it ran alone.
+  const GradCase c = load_case("e4_top2_gqa_clip");
+  auto model = training::DbrxTrainingModel::load(c.dir);
+  const std::vector<int32_t> a = {5, 17, 3, 44, 9, 2, 71, 30, 12}, b = {8, 8, 61, 4, 33, 90, 1};
+  std::vector<int32_t> inputs = a, targets, starts;
+  inputs.insert(inputs.end(), b.begin(), b.end());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const bool last_of_a = i == a.size() - 1, last = i + 1 == inputs.size();
+    targets.push_back(last_of_a || last ? -100 : inputs[i + 1]);
+    starts.push_back(i < a.size() ? 0 : static_cast<int32_t>(a.size()));
+  }
+  const int64_t n = static_cast<int64_t>(inputs.size());
+  const auto packed = model.evaluate({inputs.data(), targets.data(), 1, n, starts.data()});
+  double separate = 0;
+  for (const auto* ex : {&a, &b}) {
+    std::vector<int32_t> tg(ex->begin() + 1, ex->end());
+    tg.push_back(-100);
+    separate += model.evaluate({ex->data(), tg.data(), 1, static_cast<int64_t>(ex->size())}).ce_sum;
+  }
+  EXPECT_NEAR(packed.ce_sum, separate, 1e-4);
+  // Without the starts, b would see a and score differently.
+  const auto mixed = model.evaluate({inputs.data(), targets.data(), 1, n});
+  EXPECT_GT(std::fabs(mixed.ce_sum - separate), 1e-3);
+}
 
 TEST(DbrxTrainingModel, SaveLoadRoundTripsAndServesTheSameLogits) {
   testing::TempDir tmp;

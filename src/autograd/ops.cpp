@@ -191,24 +191,25 @@ namespace {
 // triangle is (mostly) never computed.
 constexpr int64_t kQueryBlock = 64;
 
-// p[rows, keys] = softmax(scale * q[i0:i1] . k[0:i1]^T) with the future masked; p has row
-// stride `keys` = i1.
+// p[rows, keys] = softmax(scale * q[i0:i1] . k[0:i1]^T) with the future (and keys before the
+// row's segment start, when starts is given) masked; p has row stride `keys` = i1.
 void causal_block_probs(const float* q, const float* k, int64_t i0, int64_t i1, int64_t hd, int64_t ld, float scale,
-                        float* p) {
+                        const int32_t* starts, float* p) {
   const int64_t rows = i1 - i0, keys = i1;
   gemm(false, true, rows, keys, hd, scale, q + i0 * ld, ld, k, ld, 0.0f, p, keys);
   for (int64_t r = 0; r < rows; ++r) {
     float* row = p + r * keys;
-    const int64_t visible = i0 + r + 1;
+    const int64_t visible = i0 + r + 1, first = starts ? starts[i0 + r] : 0;
     float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
+    for (int64_t j = first; j < visible; ++j) mx = std::max(mx, row[j]);
     double sum = 0;
-    for (int64_t j = 0; j < visible; ++j) {
+    for (int64_t j = first; j < visible; ++j) {
       row[j] = std::exp(row[j] - mx);
       sum += row[j];
     }
     const float inv = static_cast<float>(1.0 / sum);
-    for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+    for (int64_t j = 0; j < first; ++j) row[j] = 0.0f;
+    for (int64_t j = first; j < visible; ++j) row[j] *= inv;
     for (int64_t j = visible; j < keys; ++j) row[j] = 0.0f;
   }
 }
@@ -227,9 +228,10 @@ void attention_forward(const AttentionShape& s, const float* q, const float* k, 
       const float* qq = q + row0 * s.ld + h * hd;
       const float* kk = k + row0 * s.ld + kvh * hd;
       const float* vv = v + row0 * s.ld + kvh * hd;
+      const int32_t* starts = s.segment_start ? s.segment_start + row0 : nullptr;
       for (int64_t i0 = 0; i0 < s.t; i0 += kQueryBlock) {
         const int64_t i1 = std::min(s.t, i0 + kQueryBlock);
-        causal_block_probs(qq, kk, i0, i1, hd, s.ld, scale, p.data());
+        causal_block_probs(qq, kk, i0, i1, hd, s.ld, scale, starts, p.data());
         gemm(false, false, i1 - i0, hd, i1, 1.0f, p.data(), i1, vv, s.ld, 0.0f, ctx + (row0 + i0) * ctx_ld + h * hd,
              ctx_ld);
       }
@@ -253,13 +255,14 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
       const float* vv = v + row0 * s.ld + kvh * hd;
       float* dkk = dk + row0 * s.ld + kvh * hd;
       float* dvv = dv + row0 * s.ld + kvh * hd;
+      const int32_t* starts = s.segment_start ? s.segment_start + row0 : nullptr;
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
         const float* qq = q + row0 * s.ld + h * hd;
         float* dqq = dq + row0 * s.ld + h * hd;
         const float* dc = dctx + row0 * ctx_ld + h * hd;
         for (int64_t i0 = 0; i0 < t; i0 += kQueryBlock) {
           const int64_t i1 = std::min(t, i0 + kQueryBlock), rows = i1 - i0;
-          causal_block_probs(qq, kk, i0, i1, hd, s.ld, scale, p.data());
+          causal_block_probs(qq, kk, i0, i1, hd, s.ld, scale, starts, p.data());
           const float* dcb = dc + i0 * ctx_ld;
           // dv[0:i1] += p^T . dctx;  dp = dctx . v[0:i1]^T
           gemm(true, false, i1, hd, rows, 1.0f, p.data(), i1, dcb, ctx_ld, 1.0f, dvv, s.ld);
@@ -272,6 +275,7 @@ void attention_backward(const AttentionShape& s, const float* q, const float* k,
             double dot = 0;
             for (int64_t j = 0; j < visible; ++j) dot += static_cast<double>(dpr[j]) * pr[j];
             const float c = static_cast<float>(dot);
+            // Masked keys have p = 0, so their ds is 0 too.
             for (int64_t j = 0; j < visible; ++j) dpr[j] = pr[j] * (dpr[j] - c);
             for (int64_t j = visible; j < i1; ++j) dpr[j] = 0.0f;
           }

@@ -57,8 +57,11 @@ void rope_backward(float* dx, int64_t rows, int64_t stride, int64_t heads, const
 // ctx is [batch * t, heads * hd]. The backward recomputes the attention weights instead of
 // keeping them (batch * heads * t^2 floats would dominate memory at long sequences). dq, dk, dv
 // have the layout of q, k, v and are added into.
+// With segment_start (one entry per row, batch * t), the rows of a sequence hold several packed
+// examples: row i sees keys from segment_start[i] (its example's first position) to itself.
 struct AttentionShape {
   int64_t batch = 0, t = 0, heads = 0, kv_heads = 0, head_dim = 0, ld = 0;
+  const int32_t* segment_start = nullptr;
 };
 void attention_forward(const AttentionShape& s, const float* q, const float* k, const float* v, float* ctx);
 void attention_backward(const AttentionShape& s, const float* q, const float* k, const float* v, const float* dctx,

@@ -20,5 +20,6 @@ void register_usage(CLI::App& app);
 void register_runs(CLI::App& app);
 // After register_runs: adds `runs resume` to it.
 void register_train(CLI::App& app);
+void register_finetune(CLI::App& app);
 
 }  // namespace tessera::cli

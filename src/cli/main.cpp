@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   tessera::cli::register_usage(app);
   tessera::cli::register_runs(app);
   tessera::cli::register_train(app);
+  tessera::cli::register_finetune(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "core/paths.h"
 #include "store/run_store.h"
+#include "training/finetune_job.h"
 #include "training/pretrain_job.h"
 #include "training/train_config.h"
 
@@ -24,6 +25,7 @@ namespace {
 // The command whose worker runs a run of this kind, and the job itself.
 std::pair<std::string, RunJob> job_for_kind(const std::string& kind) {
   if (kind == "pretrain") return {"train", training::run_pretrain_job};
+  if (kind == "ft") return {"finetune", training::run_finetune_job};
   fail("runs of kind '{}' cannot be resumed by this build", kind);
 }
 

@@ -30,8 +30,8 @@ bool is_norm_weight(const std::string& name) {
 
 std::string block(int64_t layer, const char* rest) { return fmt::format("transformer.blocks.{}.{}", layer, rest); }
 
-// Rows of the logits computed at once by the fused classifier: bounds its buffer to ~16 MB.
-int64_t classifier_chunk(int64_t vocab) { return std::max<int64_t>(1, (4 << 20) / std::max<int64_t>(1, vocab)); }
+// Rows of the logits computed at once by the fused classifier: bounds its buffer to ~64 MB.
+int64_t classifier_chunk(int64_t vocab) { return std::max<int64_t>(1, (16 << 20) / std::max<int64_t>(1, vocab)); }
 
 // What one layer keeps from its forward for its backward.
 struct LayerActivations {
@@ -170,7 +170,11 @@ StepLoss DbrxTrainingModel::run(const TokenBatch& batch, bool backward, float ce
 
   std::vector<int64_t> positions(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) positions[i] = i % batch.seq;
-  const ag::AttentionShape attn{batch.rows, batch.seq, nh, nkv, hd, qkv_dim};
+  const ag::AttentionShape attn{batch.rows, batch.seq, nh, nkv, hd, qkv_dim, batch.segment_starts};
+  if (batch.segment_starts)
+    for (int64_t i = 0; i < n; ++i)
+      if (batch.segment_starts[i] < 0 || batch.segment_starts[i] > i % batch.seq)
+        fail("segment start {} of position {} is outside its row", batch.segment_starts[i], i % batch.seq);
   const ag::RopeTable rope(batch.seq, hd, inv_freq_.data());
 
   ag::Tape tape;

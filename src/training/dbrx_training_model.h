@@ -34,10 +34,13 @@ struct Parameter {
 };
 
 // Token ids of one micro-batch, each [rows, seq] row-major. A negative target is not counted.
+// With segment_starts, rows hold several packed examples: each token attends only to the tokens
+// of its own example, from segment_starts[i] (its first position in the row) on.
 struct TokenBatch {
   const int32_t* inputs = nullptr;
   const int32_t* targets = nullptr;
   int64_t rows = 0, seq = 0;
+  const int32_t* segment_starts = nullptr;
 };
 
 struct StepLoss {

@@ -626,8 +626,9 @@ class ExampleBatchSource final : public BatchSource {
 
   int64_t seq_len() const override { return loader_.seq_len(); }
   void next_train(int64_t rows, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) override {
-    loader_.next(rows, inputs, targets);
+    loader_.next(rows, inputs, targets, &starts_);
   }
+  void segment_starts(std::vector<int32_t>& starts) const override { starts = starts_; }
   json state() const override { return loader_.state(); }
   void restore(const json& state) override { loader_.restore(state); }
   int64_t eval_seq_len() const override { return eval_ && eval_->rows() > 0 ? eval_->seq_len() : 0; }
@@ -641,12 +642,15 @@ class ExampleBatchSource final : public BatchSource {
     const int64_t first = index * rows, filled = std::min(rows, eval_->rows() - first), L = eval_->seq_len();
     inputs.resize(static_cast<size_t>(filled * L));
     targets.resize(static_cast<size_t>(filled * L));
-    for (int64_t r = 0; r < filled; ++r) eval_->copy_row(first + r, inputs.data() + r * L, targets.data() + r * L);
+    starts_.resize(static_cast<size_t>(filled * L));
+    for (int64_t r = 0; r < filled; ++r)
+      eval_->copy_row(first + r, inputs.data() + r * L, targets.data() + r * L, starts_.data() + r * L);
   }
 
  private:
   ExampleLoader loader_;
   std::shared_ptr<const PackedExamples> eval_;
+  mutable std::vector<int32_t> starts_;  // of the batch returned last
 };
 
 class PretrainBatchSource final : public BatchSource {
@@ -737,6 +741,7 @@ PackedExamples::PackedExamples(const std::vector<FinetuneExample>& examples, int
     if (used + n > L) {
       inputs_.resize(inputs_.size() + L, pad_id);
       targets_.resize(targets_.size() + L, kIgnoreTarget);
+      for (size_t k = 0; k < L; ++k) starts_.push_back(static_cast<int32_t>(k));  // padding: alone
       row_examples_.emplace_back();
       used = 0;
     }
@@ -744,7 +749,9 @@ PackedExamples::PackedExamples(const std::vector<FinetuneExample>& examples, int
     // last token predicts nothing (what follows belongs to another example or is padding).
     int32_t* in = inputs_.data() + inputs_.size() - L + used;
     int32_t* tg = targets_.data() + targets_.size() - L + used;
+    int32_t* st = starts_.data() + starts_.size() - L + used;
     for (size_t k = 0; k < n; ++k) {
+      st[k] = static_cast<int32_t>(used);
       in[k] = e.tokens[k];
       tg[k] = k + 1 < n && e.loss[k + 1] ? e.tokens[k + 1] : kIgnoreTarget;
     }
@@ -758,13 +765,16 @@ PackedExamples::PackedExamples(const std::vector<FinetuneExample>& examples, int
   fingerprint_ = h;
 }
 
-void PackedExamples::copy_row(int64_t row, int32_t* inputs, int32_t* targets) const {
+void PackedExamples::copy_row(int64_t row, int32_t* inputs, int32_t* targets, int32_t* starts) const {
   if (row < 0 || row >= rows_) fail("row {} is out of range (0 to {})", row, rows_ - 1);
   const size_t at = static_cast<size_t>(row * seq_len_);
   std::copy(inputs_.begin() + static_cast<std::ptrdiff_t>(at), inputs_.begin() + static_cast<std::ptrdiff_t>(at + seq_len_),
             inputs);
   std::copy(targets_.begin() + static_cast<std::ptrdiff_t>(at),
             targets_.begin() + static_cast<std::ptrdiff_t>(at + seq_len_), targets);
+  if (starts)
+    std::copy(starts_.begin() + static_cast<std::ptrdiff_t>(at), starts_.begin() + static_cast<std::ptrdiff_t>(at + seq_len_),
+              starts);
 }
 
 ExampleLoader::ExampleLoader(std::shared_ptr<const PackedExamples> data, uint64_t seed)
@@ -780,13 +790,16 @@ void ExampleLoader::shuffle() {
   shuffle_in_place(order_, rng);
 }
 
-void ExampleLoader::next(int64_t rows, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) {
+void ExampleLoader::next(int64_t rows, std::vector<int32_t>& inputs, std::vector<int32_t>& targets,
+                         std::vector<int32_t>* starts) {
   if (rows < 1) fail("train data: a batch needs at least one row, got {}", rows);
   const int64_t L = data_->seq_len();
   inputs.resize(static_cast<size_t>(rows * L));
   targets.resize(static_cast<size_t>(rows * L));
+  if (starts) starts->resize(static_cast<size_t>(rows * L));
   for (int64_t r = 0; r < rows; ++r) {
-    data_->copy_row(order_[static_cast<size_t>(position_)], inputs.data() + r * L, targets.data() + r * L);
+    data_->copy_row(order_[static_cast<size_t>(position_)], inputs.data() + r * L, targets.data() + r * L,
+                    starts ? starts->data() + r * L : nullptr);
     if (++position_ == data_->rows()) {
       ++epoch_;
       position_ = 0;

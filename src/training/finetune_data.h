@@ -22,10 +22,10 @@
 // Packing (instruction and chat): examples are placed in rows of context_length tokens greedily
 // in dataset order: an example goes into the current row when it fits in what is left, else it
 // starts a new row; the rest of a row is padding (EOS as input, target -100). An example is never
-// split across rows (one longer than a row was cut to context_length when read). Examples packed
-// in one row may attend to each other: the trainer has no per-example attention mask. That is
-// accepted because each example's targets only count its own tokens, and a packed row trains as
-// many examples as one-per-row would with far less padding. The rows are made once; each epoch
+// split across rows (one longer than a row was cut to context_length when read). Each token
+// carries the position where its example starts in the row, and the trainer's attention stops
+// there: a packed example sees only itself, exactly as it will at inference, while a row trains
+// as many examples as one-per-row would with far less padding. The rows are made once; each epoch
 // visits them in a new order drawn by Fisher-Yates from a xoshiro256** generator seeded from
 // (seed, epoch), so the order is the same on every machine.
 #include <cstdint>
@@ -110,11 +110,12 @@ class PackedExamples {
   // FNV-1a over the inputs and targets: tells a checkpoint whether the data changed.
   uint64_t fingerprint() const { return fingerprint_; }
 
-  void copy_row(int64_t row, int32_t* inputs, int32_t* targets) const;
+  // starts (optional): each token's example start within the row (padding: its own position).
+  void copy_row(int64_t row, int32_t* inputs, int32_t* targets, int32_t* starts = nullptr) const;
 
  private:
   int64_t seq_len_ = 0, rows_ = 0;
-  std::vector<int32_t> inputs_, targets_;  // [rows, seq_len]
+  std::vector<int32_t> inputs_, targets_, starts_;  // [rows, seq_len]
   std::vector<std::vector<int64_t>> row_examples_;
   uint64_t fingerprint_ = 0;
 };
@@ -124,7 +125,9 @@ class ExampleLoader {
  public:
   ExampleLoader(std::shared_ptr<const PackedExamples> data, uint64_t seed);
 
-  void next(int64_t rows, std::vector<int32_t>& inputs, std::vector<int32_t>& targets);
+  // starts (optional): each token's example start within its row.
+  void next(int64_t rows, std::vector<int32_t>& inputs, std::vector<int32_t>& targets,
+            std::vector<int32_t>* starts = nullptr);
 
   int64_t epoch() const { return epoch_; }
   int64_t position() const { return position_; }

@@ -53,12 +53,14 @@ EvalReport Trainer::evaluate(DbrxTrainingModel& model, int64_t step) {
   const int64_t count = s_.eval_batches > 0 ? std::min(s_.eval_batches, available) : available;
   double ce_sum = 0;
   int64_t counted = 0;
-  std::vector<int32_t> inputs, targets;
+  std::vector<int32_t> inputs, targets, starts;
   for (int64_t i = 0; i < count; ++i) {
     data_.eval_batch(i, s_.micro_batch, inputs, targets);
+    data_.segment_starts(starts);
     const int64_t seq = data_.eval_seq_len();
     const int64_t rows = static_cast<int64_t>(inputs.size()) / seq;
-    const StepLoss loss = model.evaluate({inputs.data(), targets.data(), rows, seq});
+    const StepLoss loss =
+        model.evaluate({inputs.data(), targets.data(), rows, seq, starts.empty() ? nullptr : starts.data()});
     ce_sum += loss.ce_sum;
     counted += loss.counted;
   }
@@ -127,7 +129,8 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
   };
 
   std::filesystem::path last = from.value_or(std::filesystem::path());
-  std::vector<std::vector<int32_t>> inputs(static_cast<size_t>(micro_steps)), targets(inputs.size());
+  std::vector<std::vector<int32_t>> inputs(static_cast<size_t>(micro_steps)), targets(inputs.size()),
+      starts(inputs.size());
   while (step < s_.total_steps) {
     if (stop && stop->load()) {
       last = save(step);
@@ -140,6 +143,7 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
     int64_t counted = 0;
     for (int64_t m = 0; m < micro_steps; ++m) {
       data_.next_train(s_.micro_batch, inputs[m], targets[m]);
+      data_.segment_starts(starts[m]);
       for (int32_t t : targets[m]) counted += t >= 0;
     }
     trained.before_step(*model);
@@ -149,8 +153,9 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
     double aux = 0, ce_sum = 0;
     for (int64_t m = 0; m < micro_steps; ++m) {
       Rng jitter = jitter_rng(s_.seed, step, m);
-      const StepLoss loss = model->forward_backward({inputs[m].data(), targets[m].data(), s_.micro_batch, seq}, ce_scale,
-                                                    1.0f / static_cast<float>(micro_steps), &jitter);
+      const TokenBatch batch{inputs[m].data(), targets[m].data(), s_.micro_batch, seq,
+                             starts[m].empty() ? nullptr : starts[m].data()};
+      const StepLoss loss = model->forward_backward(batch, ce_scale, 1.0f / static_cast<float>(micro_steps), &jitter);
       ce_sum += loss.ce_sum;
       aux += loss.aux_loss / static_cast<double>(micro_steps);
     }

@@ -36,6 +36,9 @@ class BatchSource {
   virtual int64_t eval_seq_len() const = 0;
   virtual int64_t eval_batches(int64_t rows) const = 0;
   virtual void eval_batch(int64_t index, int64_t rows, std::vector<int32_t>& inputs, std::vector<int32_t>& targets) const = 0;
+  // For the batch the last next_train or eval_batch returned: where each token's example starts
+  // in its row, when rows pack several examples (empty: each row is one sequence).
+  virtual void segment_starts(std::vector<int32_t>& starts) const { starts.clear(); }
 };
 
 struct TrainerSettings {

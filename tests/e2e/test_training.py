@@ -113,7 +113,7 @@ def test_pretraining_lowers_eval_loss_and_the_checkpoint_loads_everywhere(cli, t
     make_corpus(tmp_path / "corpus")
     write_config(tmp_path / "config.yaml", tmp_path / "corpus", tmp_path / "ckpt", """
   max_duration: 300ba
-  global_batch_size: 8
+  global_batch_size: 4
   micro_batch_size: 4
   seq_len: 32
   lr: 3.0e-3
