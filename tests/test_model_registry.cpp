@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <set>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <sqlite3.h>
@@ -202,6 +203,25 @@ TEST(ModelRegistryStorage, DeleteRemovesTheVersionsAndTheirFiles) {
   EXPECT_TRUE(registry.get("main.demo.old")->lineage.empty());
   registry.delete_model("main.demo.old");
   EXPECT_TRUE(fs::exists(ckpt / "model.safetensors"));
+}
+
+TEST(ModelRegistryStorage, RegistrationsAtOnceGetTheirOwnVersionsAndFolders) {
+  TempDir tmp;
+  const auto ckpt = make_checkpoint(tmp / "ckpt");
+  // Separate connections, as separate processes would have.
+  std::vector<std::thread> threads;
+  std::vector<int64_t> versions(6, 0);
+  for (size_t i = 0; i < versions.size(); ++i)
+    threads.emplace_back([&, i] {
+      ModelRegistry registry(std::make_shared<Database>(tmp / "tessera.db"));
+      versions[i] = registry.register_model("main.demo.tiny", ckpt).version;
+    });
+  for (auto& t : threads) t.join();
+  std::sort(versions.begin(), versions.end());
+  EXPECT_EQ(versions, (std::vector<int64_t>{1, 2, 3, 4, 5, 6}));
+  const auto model_dir = tmp / "registry" / "main" / "demo" / "tiny";
+  EXPECT_EQ(names_in(model_dir), (std::set<std::string>{"1", "2", "3", "4", "5", "6"}));
+  for (int v = 1; v <= 6; ++v) EXPECT_EQ(names_in(model_dir / std::to_string(v)), kModelFiles) << v;
 }
 
 TEST(ModelRegistryStorage, RowsFromSchemaTwoGetAnEmptyLineage) {
