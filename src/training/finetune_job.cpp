@@ -11,6 +11,7 @@
 #include "models/llm/dbrx_presets.h"
 #include "models/llm/language_model.h"
 #include "serving/chat_format.h"
+#include "store/data_hash.h"
 #include "store/model_registry.h"
 #include "store/run_store.h"
 #include "training/dbrx_training_model.h"
@@ -304,9 +305,31 @@ int run_finetune_job(const std::shared_ptr<Database>& db, const std::string& run
     }
     if (request.register_to) {
       ModelRegistry registry(db);
+      ModelLineage lineage;
+      lineage.base_model = base.source;
+      lineage.task = std::string(finetune_task_name(request.task));
+      std::vector<fs::path> data_paths;
+      for (const auto& p : request.train_data) {
+        data_paths.emplace_back(p);
+        lineage.data_paths.push_back(p);
+      }
+      lineage.data_sha256 = hash_data_files(data_paths);
+      lineage.hyperparameters = request.to_json();
+      lineage.hyperparameters.erase("train_data");
+      lineage.hyperparameters.erase("model");
+      lineage.hyperparameters["total_steps"] = total;
+      lineage.hyperparameters["learning_rate"] = s.lr;
+      lineage.run_id = run_id;
+      if (const auto done = store.get(run_id)) {
+        lineage.metrics["steps"] = done->step;
+        lineage.metrics["tokens"] = done->tokens;
+        if (done->loss) lineage.metrics["train_loss"] = *done->loss;
+        if (done->eval_loss) lineage.metrics["eval_loss"] = *done->eval_loss;
+      }
       const auto entry = registry.register_model(registered_name(request, base), edges.last, run_id,
                                                  fmt::format("{} of {} by run {}", finetune_task_name(request.task),
-                                                             base.source, run_id));
+                                                             base.source, run_id),
+                                                 lineage);
       store.set_registered(run_id, entry.name, entry.version);
       log.line(fmt::format("registered {} version {}", entry.name, entry.version));
     }

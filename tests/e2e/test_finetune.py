@@ -67,6 +67,11 @@ def test_chat_finetune_teaches_answers_and_registers_a_version(cli, tmp_path, ba
     assert row["registered_model"] == "main.demo.tiny-ft" and row["registered_version"] == 1
 
     entry = json.loads(cli.run("models", "list", "--json").stdout)[0]
+    shown = json.loads(cli.run("models", "show", "main.demo.tiny-ft", "--json").stdout)
+    lineage = shown["lineage"]
+    assert lineage["task"] == "chat-completion" and lineage["run_id"] == run_id, shown
+    assert lineage["base_model"].startswith("folder ") and len(lineage["data_sha256"]) == 64
+    assert lineage["hyperparameters"]["total_steps"] == 150 and "train_loss" in lineage["metrics"]
     after = [greedy(cli, entry["path"], chatml(q)) for q, _ in QA]
     assert [a.strip() for a in after] == [a for _, a in QA], after
     assert "ft-tiny-" in cli.run("runs", "list").stdout
