@@ -3,6 +3,8 @@
 // seed gives the same numbers on every machine and compiler, unlike std:: distributions.
 #include <cmath>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace tessera {
 
@@ -59,5 +61,38 @@ class Rng {
   double spare_ = 0;
   bool has_spare_ = false;
 };
+
+// splitmix64's finalizer: a well-mixed 64-bit value from any input.
+inline uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// The seed of independent random stream `stream`, item `index` (an epoch, say) of one user seed,
+// so that draws for different purposes do not depend on each other.
+inline uint64_t stream_seed(uint64_t seed, uint64_t stream, uint64_t index) {
+  return mix64(mix64(seed) ^ mix64(stream) ^ mix64(index * 2 + 1));
+}
+
+// Uniform in [0, n) without modulo bias (rejects the few values above the last full multiple).
+inline uint64_t uniform_below(Rng& rng, uint64_t n) {
+  const uint64_t threshold = (0 - n) % n;  // 2^64 mod n
+  for (;;) {
+    const uint64_t x = rng.next_u64();
+    if (x >= threshold) return x % n;
+  }
+}
+
+// Fisher-Yates, spelled out so that the order depends only on the generator (std::shuffle's
+// does not: it is implementation-defined).
+template <typename T>
+void shuffle_in_place(std::vector<T>& items, Rng& rng) {
+  for (size_t i = items.size(); i > 1; --i) {
+    const size_t j = static_cast<size_t>(uniform_below(rng, i));
+    std::swap(items[i - 1], items[j]);
+  }
+}
 
 }  // namespace tessera

@@ -7,25 +7,13 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/files.h"
 
 namespace tessera::training {
 
 namespace fs = std::filesystem;
 
 namespace {
-
-void write_text_atomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
-    out << text;
-    out.flush();
-    if (!out) fail("{}: cannot write (disk full?)", tmp.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) fail("{}: cannot move into place: {}", path.string(), ec.message());
-}
 
 // step-N folders that are complete (they hold trainer_state.json), oldest first.
 std::vector<std::pair<int64_t, fs::path>> complete_checkpoints(const fs::path& save_folder) {
@@ -63,11 +51,11 @@ fs::path save_checkpoint(const fs::path& save_folder, int64_t step, const DbrxTr
   model.save(tmp);
   optimizer.save(tmp / "optimizer.safetensors");
   if (extra) extra(tmp);
-  write_text_atomically(tmp / "trainer_state.json", trainer_state.dump(1) + "\n");
+  write_file_atomically(tmp / "trainer_state.json", trainer_state.dump(1) + "\n");
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir, ec);
   if (ec) fail("{}: cannot move the checkpoint into place: {}", final_dir.string(), ec.message());
-  write_text_atomically(save_folder / "latest", final_dir.filename().string() + "\n");
+  write_file_atomically(save_folder / "latest", final_dir.filename().string() + "\n");
 
   if (keep_last > 0) {
     auto all = complete_checkpoints(save_folder);

@@ -27,36 +27,8 @@ constexpr int kStateVersion = 1;
 // memory stays bounded however large the corpus is.
 constexpr size_t kGroupBytes = size_t{32} << 20;
 
-// Seeds for independent random streams drawn from one user seed (splitmix64 finalizer).
-uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 constexpr uint64_t kShuffleStream = 0x53485546464c45ull;  // "SHUFFLE"
 constexpr uint64_t kSplitStream = 0x53504c4954ull;         // "SPLIT"
-uint64_t stream_seed(uint64_t seed, uint64_t stream, uint64_t index) {
-  return mix64(mix64(seed) ^ mix64(stream) ^ mix64(index * 2 + 1));
-}
-
-// Uniform in [0, n) without modulo bias (rejects the few values above the last full multiple).
-uint64_t uniform_below(Rng& rng, uint64_t n) {
-  const uint64_t threshold = (0 - n) % n;  // 2^64 mod n
-  for (;;) {
-    const uint64_t x = rng.next_u64();
-    if (x >= threshold) return x % n;
-  }
-}
-
-// Fisher-Yates, spelled out so that the result depends only on the generator.
-template <typename T>
-void shuffle_in_place(std::vector<T>& items, Rng& rng) {
-  for (size_t i = items.size(); i > 1; --i) {
-    const size_t j = static_cast<size_t>(uniform_below(rng, i));
-    std::swap(items[i - 1], items[j]);
-  }
-}
 
 bool is_data_file(const fs::path& p) {
   std::string ext = p.extension().string();
@@ -374,19 +346,27 @@ json TrainLoader::state() const {
           {"seed", std::to_string(seed_)}};
 }
 
+LoaderStateReader::LoaderStateReader(const json& state) : state_(state) {
+  if (!state.is_object()) fail("{}: expected a JSON object, got {}", kWhere, state.type_name());
+}
+
+int64_t LoaderStateReader::integer(const char* key) const {
+  const auto it = state_.find(key);
+  if (it == state_.end() || !it->is_number_integer()) fail("{}: \"{}\" is missing or not an integer", kWhere, key);
+  return it->get<int64_t>();
+}
+
+std::string LoaderStateReader::text(const char* key) const {
+  const auto it = state_.find(key);
+  if (it == state_.end() || !it->is_string()) fail("{}: \"{}\" is missing or not a string", kWhere, key);
+  return it->get<std::string>();
+}
+
 void TrainLoader::restore(const json& s) {
-  constexpr const char* where = "data position in the checkpoint";
-  if (!s.is_object()) fail("{}: expected a JSON object, got {}", where, s.type_name());
-  auto integer = [&](const char* key) -> int64_t {
-    const auto it = s.find(key);
-    if (it == s.end() || !it->is_number_integer()) fail("{}: \"{}\" is missing or not an integer", where, key);
-    return it->get<int64_t>();
-  };
-  auto text = [&](const char* key) -> std::string {
-    const auto it = s.find(key);
-    if (it == s.end() || !it->is_string()) fail("{}: \"{}\" is missing or not a string", where, key);
-    return it->get<std::string>();
-  };
+  constexpr const char* where = LoaderStateReader::kWhere;
+  const LoaderStateReader reader(s);
+  auto integer = [&](const char* key) { return reader.integer(key); };
+  auto text = [&](const char* key) { return reader.text(key); };
   if (const int64_t v = integer("version"); v != kStateVersion)
     fail("{}: version {} is not supported (expected {})", where, v, kStateVersion);
   const int64_t epoch = integer("epoch"), position = integer("position"), windows = integer("windows");

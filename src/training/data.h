@@ -179,4 +179,17 @@ struct TrainingData {
 // shorter than seq_len + 1 tokens (saying how many there are), an empty train split.
 TrainingData load_training_data(const DataOptions& options, const Tokenizer& tokenizer);
 
+// Reads the fields of a data loader's saved position (trainer_state.json's "data"), each error
+// naming the field: shared by the pre-training and the fine-tuning loaders.
+class LoaderStateReader {
+ public:
+  explicit LoaderStateReader(const nlohmann::json& state);
+  int64_t integer(const char* key) const;
+  std::string text(const char* key) const;
+  static constexpr const char* kWhere = "data position in the checkpoint";
+
+ private:
+  const nlohmann::json& state_;
+};
+
 }  // namespace tessera::training

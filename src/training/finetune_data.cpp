@@ -25,36 +25,9 @@ namespace {
 constexpr int kStateVersion = 1;
 constexpr const char* kStateKind = "finetune-rows";
 
-// Independent random streams from one user seed (splitmix64 finalizer), as in data.cpp, so that
-// the held-out examples and each epoch's order do not depend on each other.
-uint64_t mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+// Independent random streams (core/rng.h) for the held-out examples and each epoch's order.
 constexpr uint64_t kRowShuffleStream = 0x46545f524f5753ull;  // "FT_ROWS"
 constexpr uint64_t kExampleSplitStream = 0x46545f53504c4954ull;  // "FT_SPLIT"
-uint64_t stream_seed(uint64_t seed, uint64_t stream, uint64_t index) {
-  return mix64(mix64(seed) ^ mix64(stream) ^ mix64(index * 2 + 1));
-}
-
-// Uniform in [0, n) without modulo bias.
-uint64_t uniform_below(Rng& rng, uint64_t n) {
-  const uint64_t threshold = (0 - n) % n;
-  for (;;) {
-    const uint64_t x = rng.next_u64();
-    if (x >= threshold) return x % n;
-  }
-}
-
-// Fisher-Yates, spelled out so that the result depends only on the generator.
-void shuffle_in_place(std::vector<int64_t>& items, Rng& rng) {
-  for (size_t i = items.size(); i > 1; --i) {
-    const size_t j = static_cast<size_t>(uniform_below(rng, i));
-    std::swap(items[i - 1], items[j]);
-  }
-}
 
 std::string hex64(uint64_t v) { return fmt::format("{:016x}", v); }
 
@@ -815,18 +788,10 @@ json ExampleLoader::state() const {
 }
 
 void ExampleLoader::restore(const json& s) {
-  constexpr const char* where = "data position in the checkpoint";
-  if (!s.is_object()) fail("{}: expected a JSON object, got {}", where, s.type_name());
-  auto integer = [&](const char* key) -> int64_t {
-    const auto it = s.find(key);
-    if (it == s.end() || !it->is_number_integer()) fail("{}: \"{}\" is missing or not an integer", where, key);
-    return it->get<int64_t>();
-  };
-  auto text = [&](const char* key) -> std::string {
-    const auto it = s.find(key);
-    if (it == s.end() || !it->is_string()) fail("{}: \"{}\" is missing or not a string", where, key);
-    return it->get<std::string>();
-  };
+  constexpr const char* where = LoaderStateReader::kWhere;
+  const LoaderStateReader reader(s);
+  auto integer = [&](const char* key) { return reader.integer(key); };
+  auto text = [&](const char* key) { return reader.text(key); };
   if (const int64_t v = integer("version"); v != kStateVersion)
     fail("{}: version {} is not supported (expected {})", where, v, kStateVersion);
   if (const std::string kind = text("kind"); kind != kStateKind)

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "core/files.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
 #include "kernels/cpu/gemm.h"
@@ -24,19 +25,6 @@ using nlohmann::json;
 namespace {
 
 bool is_expert_module(const std::string& module) { return module == "w1" || module == "v1" || module == "w2"; }
-
-void write_text_atomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc | std::ios::binary);
-    out << text;
-    out.flush();
-    if (!out) fail("{}: cannot write (disk full?)", tmp.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) fail("{}: cannot move into place: {}", path.string(), ec.message());
-}
 
 std::string joined(const std::vector<std::string>& items) {
   std::string out;
@@ -300,7 +288,7 @@ void LoraAdapter::save_adapter(const fs::path& dir) const {
     tensors.emplace_back(p.name, std::move(t));
   }
   write_safetensors(dir / "adapter_model.safetensors", tensors, {{"format", "pt"}});
-  write_text_atomically(dir / "adapter_config.json", config_.to_json().dump(2) + "\n");
+  write_file_atomically(dir / "adapter_config.json", config_.to_json().dump(2) + "\n");
 }
 
 LoraAdapter LoraAdapter::load_adapter(const fs::path& dir, const DbrxConfig& model_config) {

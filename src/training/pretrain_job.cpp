@@ -125,11 +125,7 @@ Tokenizer default_dbrx_tokenizer() {
 int run_pretrain_job(const std::shared_ptr<Database>& db, const std::string& run_id, const PretrainJobOptions& options,
                      const std::atomic<bool>& stop) {
   RunStore store(db);
-  const auto found = store.get(run_id);
-  if (!found) fail("no run '{}' (see `tessera runs list`)", run_id);
-  const RunRecord run = *found;
-  if (!options.resume && run.status != RunStatus::queued)
-    fail("run {} is {}; only a new run can start (resume continues an old one)", run_id, to_string(run.status));
+  const RunRecord run = run_to_start(store, run_id, options.resume);
   LogObserver log(options.log, 1, options.echo, options.progress_bar);
   std::optional<MlflowObserver> mlflow;
   try {

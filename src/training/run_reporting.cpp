@@ -1,6 +1,16 @@
 #include "training/run_reporting.h"
 
+#include "core/error.h"
+
 namespace tessera::training {
+
+RunRecord run_to_start(RunStore& store, const std::string& run_id, bool resume) {
+  const auto found = store.get(run_id);
+  if (!found) fail("no run '{}' (see `tessera runs list`)", run_id);
+  if (!resume && found->status != RunStatus::queued)
+    fail("run {} is {}; only a new run can start (resume continues an old one)", run_id, to_string(found->status));
+  return *found;
+}
 
 int64_t unix_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())

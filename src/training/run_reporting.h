@@ -21,6 +21,9 @@
 namespace tessera::training {
 
 int64_t unix_ms();
+// The stored run a job is about to start: it must exist, and only a queued run starts fresh
+// (a resume continues one that stopped or failed).
+RunRecord run_to_start(RunStore& store, const std::string& run_id, bool resume);
 std::string human_count(double n);
 std::string human_seconds(double s);
 
