@@ -134,6 +134,23 @@ class TooClose(RuntimeError):
     pass
 
 
+def checked_loss(model: DbrxForCausalLM, s: Spec, inputs: torch.Tensor, targets: torch.Tensor):
+    """The training loss (CE with ignored targets + moe_loss_weight * aux), after checking that
+    routing and clipping sit clear of their boundaries. Returns (checks, output, loss, ce, aux)."""
+    checks = margins(model, s, inputs)
+    if checks["min_router_gap"] is not None and checks["min_router_gap"] < MIN_ROUTER_GAP:
+        raise TooClose(f"{s.name}: router gap {checks['min_router_gap']:.2e} too small")
+    if checks["min_clip_margin"] is not None and checks["min_clip_margin"] < MIN_CLIP_MARGIN:
+        raise TooClose(f"{s.name}: a qkv value sits on the clip boundary")
+    if s.clip_qkv is not None and not checks["clipped_fraction"] > 0.01:
+        raise RuntimeError(f"{s.name}: clipping does not bite ({checks['clipped_fraction']})")
+    out = model(input_ids=inputs, output_router_logits=True)
+    ce = torch.nn.functional.cross_entropy(out.logits.reshape(-1, s.vocab_size), targets.reshape(-1),
+                                           ignore_index=-100)
+    aux = out.aux_loss
+    return checks, out, ce + s.moe_loss_weight * aux, ce, aux
+
+
 def build(s: Spec, out_dir: str) -> None:
     # The first seed from s.seed on whose routing and clipping sit clear of their boundaries.
     for attempt in range(50):
@@ -176,19 +193,7 @@ def build_seed(s: Spec, out_dir: str, seed: int) -> None:
 
     ref = model.double()
     ref.train()  # training mode as in a real step; dropout is 0 and jitter is off
-    checks = margins(ref, s, inputs)
-    if checks["min_router_gap"] is not None and checks["min_router_gap"] < MIN_ROUTER_GAP:
-        raise TooClose(f"{s.name}: router gap {checks['min_router_gap']:.2e} too small")
-    if checks["min_clip_margin"] is not None and checks["min_clip_margin"] < MIN_CLIP_MARGIN:
-        raise TooClose(f"{s.name}: a qkv value sits on the clip boundary")
-    if s.clip_qkv is not None and not checks["clipped_fraction"] > 0.01:
-        raise RuntimeError(f"{s.name}: clipping does not bite ({checks['clipped_fraction']})")
-
-    out = ref(input_ids=inputs, output_router_logits=True)
-    ce = torch.nn.functional.cross_entropy(out.logits.reshape(-1, s.vocab_size), targets.reshape(-1),
-                                           ignore_index=-100)
-    aux = out.aux_loss
-    loss = ce + s.moe_loss_weight * aux
+    checks, _, loss, ce, aux = checked_loss(ref, s, inputs, targets)
     ref.zero_grad()
     loss.backward()
 

@@ -50,7 +50,7 @@ from transformers import DbrxForCausalLM
 from transformers.utils import logging as hf_logging
 
 from make_dbrx_golden import init_weights_with
-from make_dbrx_grad_golden import MIN_CLIP_MARGIN, MIN_ROUTER_GAP, STD, Spec, TooClose, make_config, margins
+from make_dbrx_grad_golden import STD, Spec, TooClose, checked_loss, make_config
 
 ALL_TARGETS = ["Wqkv", "out_proj", "w1", "v1", "w2"]
 
@@ -172,19 +172,7 @@ def build_seed(ls: LoraSpec, out_dir: str, seed: int) -> None:
     targets[-1, 5] = -100
 
     model.train()  # as in a training step; dropout is 0 and jitter off
-    checks = margins(model, s, inputs)
-    if checks["min_router_gap"] is not None and checks["min_router_gap"] < MIN_ROUTER_GAP:
-        raise TooClose(f"{s.name}: router gap {checks['min_router_gap']:.2e} too small")
-    if checks["min_clip_margin"] is not None and checks["min_clip_margin"] < MIN_CLIP_MARGIN:
-        raise TooClose(f"{s.name}: a qkv value sits on the clip boundary")
-    if s.clip_qkv is not None and not checks["clipped_fraction"] > 0.01:
-        raise RuntimeError(f"{s.name}: clipping does not bite ({checks['clipped_fraction']})")
-
-    out = model(input_ids=inputs, output_router_logits=True)
-    ce = torch.nn.functional.cross_entropy(out.logits.reshape(-1, s.vocab_size), targets.reshape(-1),
-                                           ignore_index=-100)
-    aux = out.aux_loss
-    loss = ce + s.moe_loss_weight * aux
+    checks, out, loss, ce, aux = checked_loss(model, s, inputs, targets)
     loss.backward()
 
     grads = {}
