@@ -232,6 +232,8 @@ TEST(ModelRegistryStorage, RowsFromSchemaTwoGetAnEmptyLineage) {
            " source_run_id TEXT NOT NULL DEFAULT '', description TEXT NOT NULL DEFAULT '',"
            " created_ms INTEGER NOT NULL, PRIMARY KEY (name, version));"
            "INSERT INTO registered_models (name, version, path, created_ms) VALUES ('a.b.c', 1, '/somewhere', 7);"
+           // Stand-ins for the other tables of version 2, which later migrations alter.
+           "CREATE TABLE api_tokens (id INTEGER PRIMARY KEY); CREATE TABLE runs (id TEXT PRIMARY KEY);"
            "PRAGMA user_version = 2;");
   auto db = std::make_shared<Database>(file);
   EXPECT_EQ(db->schema_version(), Database::latest_schema_version());
@@ -406,6 +408,7 @@ TEST(ServerConfigRegistry, NamesARegisteredModel) {
     kind: chat
     model: registry:main.demo.tiny
     reload_interval_s: 0.5
+    wait_for_registration: true
   - name: pinned
     kind: completion
     model: registry:main.demo.tiny/2
@@ -414,6 +417,8 @@ TEST(ServerConfigRegistry, NamesARegisteredModel) {
   EXPECT_EQ(c.endpoints[0].model, "registry:main.demo.tiny");
   EXPECT_DOUBLE_EQ(c.endpoints[0].reload_interval_s, 0.5);
   EXPECT_DOUBLE_EQ(c.endpoints[1].reload_interval_s, 10.0);
+  EXPECT_TRUE(c.endpoints[0].wait_for_registration);
+  EXPECT_FALSE(c.endpoints[1].wait_for_registration);
 
   for (const auto& [model, want] : std::vector<std::pair<std::string, std::string>>{
            {"registry:tiny", "endpoint 'x': model: model name 'tiny': expected three parts"},
@@ -428,4 +433,11 @@ TEST(ServerConfigRegistry, NamesARegisteredModel) {
   write_file(tmp / "bad.yaml", "endpoints:\n  - {name: x, kind: chat, model: a.b.c, reload_interval_s: -1}\n");
   EXPECT_NE(error_of([&] { server::ServerConfig::load(tmp / "bad.yaml"); }).find("endpoints.x.reload_interval_s: must be between 0"),
             std::string::npos);
+  for (const auto& [line, want] : std::vector<std::pair<std::string, std::string>>{
+           {"model: a.b.c, wait_for_registration: true", "only for a model named registry:"},
+           {"model: 'registry:a.b.c', wait_for_registration: maybe", "expected true or false"}}) {
+    write_file(tmp / "bad.yaml", "endpoints:\n  - {name: x, kind: chat, " + line + "}\n");
+    const std::string message = error_of([&] { server::ServerConfig::load(tmp / "bad.yaml"); });
+    EXPECT_NE(message.find("endpoints.x.wait_for_registration: " + want), std::string::npos) << message;
+  }
 }

@@ -151,6 +151,10 @@ TEST(RunStore, ARunRoundTripsThroughItsLifecycle) {
   EXPECT_FALSE(got->pid);
   EXPECT_FALSE(got->loss);
   EXPECT_EQ(got->details, "{}");
+  EXPECT_FALSE(got->owner_token_id);
+  RunRecord owned = new_run();
+  owned.owner_token_id = 7;
+  EXPECT_EQ(runs.get(runs.create(owned).id)->owner_token_id, 7);
 
   clock += 1000;
   runs.mark_running(created.id, getpid());
@@ -361,13 +365,13 @@ TEST(RunStore, TheSchemaMigratesAnOlderFileAndKeepsItsData) {
     auto db = open_db(file);
     TokenStore(db).create("kept");
   }
-  // Back to a file from before runs existed: version 1, without the new tables.
+  // Back to a file from before runs existed: version 1, without the new tables and columns.
   {
     sqlite3* raw = nullptr;
     ASSERT_EQ(sqlite3_open(file.c_str(), &raw), SQLITE_OK);
     EXPECT_EQ(sqlite3_exec(raw,
                            "DROP TABLE run_metrics; DROP TABLE runs; DROP TABLE registered_models;"
-                           " PRAGMA user_version = 1;",
+                           " ALTER TABLE api_tokens DROP COLUMN admin; PRAGMA user_version = 1;",
                            nullptr, nullptr, nullptr),
               SQLITE_OK);
     sqlite3_close(raw);
@@ -380,6 +384,8 @@ TEST(RunStore, TheSchemaMigratesAnOlderFileAndKeepsItsData) {
   EXPECT_TRUE(ModelRegistry(db).list().empty());
   ASSERT_EQ(TokenStore(db).list().size(), 1u);
   EXPECT_EQ(TokenStore(db).list().front().name, "kept");
+  EXPECT_FALSE(TokenStore(db).list().front().admin);  // tokens from before admin tokens are not
+  EXPECT_FALSE(runs.get(id)->owner_token_id);
 }
 
 // ---- the registry ----------------------------------------------------------------------------

@@ -172,6 +172,23 @@ TEST(Store, TokenLifecycleAndTheSecretIsNeverStored) {
   EXPECT_NE(twice.find("already revoked"), std::string::npos) << twice;
 }
 
+TEST(Store, AdminTokensAreMarkedAndOnlyWhenAsked) {
+  TempDir tmp;
+  TokenStore tokens(open_db(tmp / "tessera.db"));
+  const auto [user, user_secret] = tokens.create("user");
+  const auto [admin, admin_secret] = tokens.create("ops", "", /*admin=*/true);
+  EXPECT_FALSE(user.admin);
+  EXPECT_TRUE(admin.admin);
+  ASSERT_TRUE(tokens.verify(admin_secret));
+  EXPECT_TRUE(tokens.verify(admin_secret)->admin);
+  EXPECT_FALSE(tokens.verify(user_secret)->admin);
+  const auto all = tokens.list();
+  ASSERT_EQ(all.size(), 2u);
+  EXPECT_FALSE(all[0].admin);
+  EXPECT_TRUE(all[1].admin);
+  EXPECT_TRUE(tokens.find("ops").at(0).admin);
+}
+
 TEST(Store, SecretsAreRandom) {
   TempDir tmp;
   TokenStore tokens(open_db(tmp / "tessera.db"));

@@ -1,20 +1,17 @@
 #include "cli/background_run.h"
 
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
 
 #include <fmt/format.h>
 
 #include "core/error.h"
 #include "core/paths.h"
+#include "training/run_launcher.h"
 
 namespace tessera::cli {
 
@@ -39,68 +36,10 @@ void install_stop_handlers() {
 
 std::shared_ptr<Database> open_store() { return std::make_shared<Database>(default_database_file()); }
 
-fs::path run_log_file(const std::string& id) { return data_dir() / "runs" / id / "train.log"; }
+fs::path run_log_file(const std::string& id) { return training::run_folder(data_dir(), id) / "train.log"; }
 
-// The background trainer: `tessera train --worker ID [--resume]` in a new session, output to
-// the log file. It reports readiness (or the error that stopped it) on the pipe it inherited.
 void start_worker(const RunRecord& run, const std::string& command, bool resume) {
-  int fds[2];
-  if (pipe(fds) != 0) fail("cannot create a pipe: {}", std::strerror(errno));
-  fs::create_directories(fs::path(run.log_file).parent_path());
-  const pid_t pid = fork();
-  if (pid < 0) fail("cannot start the training process: {}", std::strerror(errno));
-  if (pid == 0) {
-    close(fds[0]);
-    setsid();
-    const int null_fd = open("/dev/null", O_RDONLY);
-    const int log_fd = open(run.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    if (null_fd < 0 || log_fd < 0) _exit(127);
-    dup2(null_fd, 0);
-    dup2(log_fd, 1);
-    dup2(log_fd, 2);
-    const std::string ready_fd = std::to_string(fds[1]);
-    std::vector<const char*> argv = {"tessera", command.c_str(), "--worker", run.id.c_str(), "--ready-fd",
-                                      ready_fd.c_str()};
-    if (resume) argv.push_back("--resume");
-    argv.push_back(nullptr);
-    execv("/proc/self/exe", const_cast<char* const*>(argv.data()));
-    _exit(127);
-  }
-  close(fds[1]);
-  // Wait for the first report. A closed pipe without one means the process died early.
-  std::string message;
-  char buf[4096];
-  pollfd p{fds[0], POLLIN, 0};
-  const int waited_ms = 120000;
-  bool got = false;
-  while (true) {
-    const int r = poll(&p, 1, waited_ms);
-    if (r == 0) break;  // still preparing: report the run as submitted anyway
-    if (r < 0 && errno == EINTR) continue;
-    const ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n <= 0) {
-      got = true;
-      break;
-    }
-    message.append(buf, static_cast<size_t>(n));
-    if (message.find('\n') != std::string::npos) {
-      got = true;
-      break;
-    }
-  }
-  close(fds[0]);
-  if (got && message.empty()) {
-    // No word at all: it exited before reporting; the store (or its log) knows why.
-    waitpid(pid, nullptr, WNOHANG);
-    RunStore store(open_store());
-    const auto now = store.get(run.id);
-    fail("the training process exited at once: {} (see {})",
-         now && !now->error.empty() ? now->error : std::string("no reason given"), run.log_file);
-  }
-  if (!message.empty() && message.substr(0, 2) != "ok") {
-    while (!message.empty() && message.back() == '\n') message.pop_back();
-    throw Error(message);
-  }
+  training::start_worker(run, command, resume, data_dir());
 }
 
 void print_submitted(const std::string& id) {

@@ -93,38 +93,23 @@ void register_finetune(CLI::App& app) {
     const training::FinetuneRequest request = training::FinetuneRequest::from_json(j);
 
     auto db = open_store();
-    const training::BaseModel base = training::resolve_base_model(request.model, db);
-    const Tokenizer tokenizer = training::base_model_tokenizer(base);
-    const training::FinetuneData prepared = training::prepare_finetune_data(request, base, tokenizer);
-    const auto& report = prepared.report;
+    const training::CheckedFinetune checked = training::check_finetune(request, db);
+    const auto& report = checked.data.report;
     if (!report.problems.empty()) fmt::print(stderr, "{}\n", report.format(50));
     if (!report.ok())
       fail("the training data has {} problem{}; nothing was started", report.errors(), report.errors() == 1 ? "" : "s");
     if (o->validate_only) {
-      const auto duration = training::Duration::parse(request.training_duration);
-      const int64_t rows = prepared.train_rows_per_epoch();
-      const int64_t steps_per_epoch = std::max<int64_t>(1, rows / request.batch_size);
-      const int64_t steps = duration.to_steps(request.batch_size * request.context_length, steps_per_epoch);
-      const int64_t epochs = std::max<int64_t>(1, (steps + steps_per_epoch - 1) / steps_per_epoch);
-      const auto estimate = training::estimate_tokens(prepared, epochs);
+      const training::FinetunePlan plan = training::plan_finetune(checked);
       fmt::print("{}\n", report.summary());
-      fmt::print("{}\n", estimate.summary());
-      fmt::print("{} optimizer steps of {} sequences of {} tokens\n", steps, request.batch_size, request.context_length);
+      fmt::print("{}\n", plan.tokens.summary());
+      fmt::print("{} optimizer steps of {} sequences of {} tokens\n", plan.steps, request.batch_size, request.context_length);
       fmt::print("estimated cost: ${:.4f} ({} tokens at ${:.2f} per million)\n",
-                 training::estimate_cost(estimate.total_tokens, o->price), estimate.total_tokens, o->price);
+                 training::estimate_cost(plan.tokens.total_tokens, o->price), plan.tokens.total_tokens, o->price);
       return;
     }
 
     RunStore store(db);
-    RunRecord run;
-    run.kind = "ft";
-    run.model = base.short_name;
-    run.id = store.new_run_id(run.kind, run.model);
-    run.config_text = request.to_json().dump(2);
-    run.config_file = "(finetune create)";
-    run.save_folder = (data_dir() / "runs" / run.id / "checkpoints").string();
-    run.log_file = run_log_file(run.id).string();
-    run = store.create(run);
+    const RunRecord run = training::create_finetune_run(store, checked, data_dir(), "(finetune create)");
     if (o->follow) std::exit(run_in_foreground(db, run, false, training::run_finetune_job));
     start_worker(run, "finetune", false);
     print_submitted(run.id);

@@ -22,6 +22,7 @@
 #include "store/run_store.h"
 #include "store/time_spec.h"
 #include "training/loss_plot.h"
+#include "training/run_launcher.h"
 
 namespace tessera::cli {
 
@@ -264,23 +265,13 @@ bool wait_for_exit(const RunRecord& run, std::chrono::milliseconds timeout) {
 }
 
 void stop_run(RunStore& store, const std::string& key, int timeout_s) {
-  RunRecord run = store.resolve(key);
-  if (is_finished(run.status))
-    fail("run '{}' is not running (it is {}); nothing to stop", run.id, to_string(run.status));
-  store.request_stop(run.id);
+  const RunRecord run = training::request_stop(store, store.resolve(key).id);
   if (!run.pid) {
-    // Queued and not started yet: it never will.
-    store.finish(run.id, RunStatus::stopped);
     fmt::print("Run {} stopped before it started.\n", run.id);
     return;
   }
-  const std::string host = this_host();
-  if (!run.host.empty() && run.host != host)
-    fail("run '{}' runs on host '{}', not here ('{}'); stop it there", run.id, run.host, host);
   bool killed = false;
   if (process_alive(*run.pid, run.pid_start)) {
-    if (kill(static_cast<pid_t>(*run.pid), SIGTERM) != 0 && errno != ESRCH)
-      fail("run '{}': cannot signal process {}: {}", run.id, *run.pid, std::strerror(errno));
     fmt::print("Sent SIGTERM to process {}; waiting up to {}s for run {} to save and exit...\n", *run.pid, timeout_s,
                run.id);
     std::fflush(stdout);

@@ -21,7 +21,8 @@ nlohmann::json token_json(const ApiToken& t) {
                       {"created_at", t.created_at},
                       {"revoked_at", nullptr},
                       {"last_used_at", nullptr},
-                      {"comment", t.comment}};
+                      {"comment", t.comment},
+                      {"admin", t.admin}};
   if (t.revoked_at) j["revoked_at"] = *t.revoked_at;
   if (t.last_used_at) j["last_used_at"] = *t.last_used_at;
   return j;
@@ -34,16 +35,16 @@ void print_table(const std::vector<ApiToken>& tokens) {
   for (const auto& t : tokens) name_width = std::max(name_width, t.name.size());
   const auto row = [&](const std::string& id, const std::string& name, const std::string& prefix,
                        const std::string& created, const std::string& used, const std::string& revoked,
-                       const std::string& comment) {
-    std::string line = fmt::format("{:>4}  {:<{}}  {:<12}  {:<20}  {:<20}  {:<20}  {}", id, name, name_width, prefix,
-                                   created, used, revoked, comment);
+                       const std::string& role, const std::string& comment) {
+    std::string line = fmt::format("{:>4}  {:<{}}  {:<12}  {:<20}  {:<20}  {:<20}  {:<5}  {}", id, name, name_width,
+                                   prefix, created, used, revoked, role, comment);
     line.erase(line.find_last_not_of(' ') + 1);
     fmt::print("{}\n", line);
   };
-  row("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED", "COMMENT");
+  row("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED", "ROLE", "COMMENT");
   for (const auto& t : tokens)
     row(std::to_string(t.id), t.name, t.prefix, format_utc(t.created_at), time_or_dash(t.last_used_at),
-        time_or_dash(t.revoked_at), t.comment);
+        time_or_dash(t.revoked_at), t.admin ? "admin" : "user", t.comment);
 }
 
 TokenStore open_tokens(const std::string& db) {
@@ -55,7 +56,7 @@ TokenStore open_tokens(const std::string& db) {
 void register_tokens(CLI::App& app) {
   struct Options {
     std::string db, name, comment, key;
-    bool json = false, all = false;
+    bool json = false, all = false, admin = false;
   };
   auto opts = std::make_shared<Options>();
   auto* tokens = app.add_subcommand("tokens", "Create, list and revoke API tokens for `tessera serve`");
@@ -67,17 +68,19 @@ void register_tokens(CLI::App& app) {
   auto* create = tokens->add_subcommand("create", "Create a token and print its secret (shown only this once)");
   create->add_option("name", opts->name, "A name unique among active tokens, e.g. who or what uses it")->required();
   create->add_option("--comment", opts->comment, "A free-form note kept with the token");
+  create->add_flag("--admin", opts->admin, "An admin token: it also sees and cancels other tokens' fine-tuning runs");
   create->add_flag("--json", opts->json, "Print the token and its secret as JSON");
   add_db(create);
   create->callback([opts] {
     auto store = open_tokens(opts->db);
-    const auto [token, secret] = store.create(opts->name, opts->comment);
+    const auto [token, secret] = store.create(opts->name, opts->comment, opts->admin);
     if (opts->json) {
       nlohmann::json j = token_json(token);
       j["secret"] = secret;
       fmt::print("{}\n", j.dump(2));
     } else {
-      fmt::print("created token {} '{}' ({})\n{}\n", token.id, token.name, token.prefix, secret);
+      fmt::print("created {}token {} '{}' ({})\n{}\n", token.admin ? "admin " : "", token.id, token.name, token.prefix,
+                 secret);
     }
     std::fflush(stdout);
     fmt::print(stderr, "note: this secret cannot be shown again (only its hash is stored); keep it now\n");

@@ -1,6 +1,7 @@
 #pragma once
 // An error answered to an API client in OpenAI's shape:
-// {"error": {"message", "type", "param", "code"}} with an HTTP status.
+// {"error": {"message", "type", "param", "code"}} with an HTTP status, and "details" when there
+// is more to say than one line.
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -15,17 +16,19 @@ struct ApiError : std::runtime_error {
       : std::runtime_error(message), status(status), type(std::move(type)), param(std::move(param)), code(std::move(code)) {}
 
   nlohmann::json body() const {
-    return {{"error",
-             {{"message", what()},
-              {"type", type},
-              {"param", param ? nlohmann::json(*param) : nlohmann::json(nullptr)},
-              {"code", code ? nlohmann::json(*code) : nlohmann::json(nullptr)}}}};
+    nlohmann::json error = {{"message", what()},
+                            {"type", type},
+                            {"param", param ? nlohmann::json(*param) : nlohmann::json(nullptr)},
+                            {"code", code ? nlohmann::json(*code) : nlohmann::json(nullptr)}};
+    if (!details.is_null()) error["details"] = details;
+    return {{"error", error}};
   }
 
   int status;
   std::string type;
   std::optional<std::string> param;
   std::optional<std::string> code;
+  nlohmann::json details;  // more about the error (e.g. every bad line of a dataset); null: none
 };
 
 // A 400 about one request field.

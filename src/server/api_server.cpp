@@ -18,6 +18,7 @@
 #include "core/thread_pool.h"
 #include "models/diffusion/pipeline.h"
 #include "models/llm/quantize.h"
+#include "server/finetune_api.h"
 #include "server/openai_api.h"
 #include "server/web_assets.h"
 #include "serving/chat_format.h"
@@ -140,6 +141,7 @@ struct ApiServer::State {
   std::vector<std::weak_ptr<LlmBackend>> retired;     // swapped out, maybe still finishing requests
   std::mutex llm_mutex;
   std::unique_ptr<ModelRegistry> registry;
+  std::unique_ptr<FinetuneApi> finetune;
 
   // Endpoints that follow a registered model's latest version are checked by this thread.
   std::mutex reload_mutex;  // one load at a time (the watcher or POST .../reload)
@@ -227,6 +229,15 @@ void ApiServer::State::load_endpoints() {
     std::filesystem::path path;
     std::optional<RegisteredModel> registered;
     if (const auto reference = registry_reference(ec.model)) {
+      const auto [name, pinned] = parse_model_reference(*reference);
+      if (ec.wait_for_registration && !pinned && ec.kind != EndpointKind::Image && !registry->get(name)) {
+        // Not registered yet (a fine-tuning run will): the endpoint answers 503 until the first
+        // version appears and is loaded like any newer version.
+        log(fmt::format("endpoint '{}' waits for the first version of {}", ec.name, name));
+        ep.registry = RegistrySource{name, std::nullopt, Clock::now(), std::nullopt};
+        endpoints.emplace(ec.name, std::move(ep));
+        continue;
+      }
       try {
         registered = registry->resolve(*reference);
       } catch (const Error& e) {
@@ -235,7 +246,6 @@ void ApiServer::State::load_endpoints() {
                ec.name, ec.model, e.what());
         fail("endpoint '{}': {}", ec.name, e.what());
       }
-      const auto [name, pinned] = parse_model_reference(*reference);
       ep.registry = RegistrySource{name, pinned, Clock::now() + std::chrono::milliseconds(
                                                      static_cast<int64_t>(ec.reload_interval_s * 1000)), std::nullopt};
       path = registered->path;
@@ -285,8 +295,7 @@ bool ApiServer::State::refresh(Endpoint& ep) {
   // Every version deleted: keep serving what is loaded rather than failing requests.
   if (!latest) return false;
   const auto current = llm_of(ep);
-  if (!current) return false;
-  if (current->version == latest->version && current->registered_ms == latest->created_ms) return false;
+  if (current && current->version == latest->version && current->registered_ms == latest->created_ms) return false;
   const std::pair<int64_t, int64_t> identity{latest->version, latest->created_ms};
   if (source.failed == identity) return false;
   std::shared_ptr<LlmBackend> fresh;
@@ -295,8 +304,9 @@ bool ApiServer::State::refresh(Endpoint& ep) {
     fresh = load_backend(ep.config, latest->path);
   } catch (const std::exception& e) {
     source.failed = identity;
-    log(fmt::format("endpoint '{}': cannot load {}, still serving version {}: {}", ep.config.name, latest->reference(),
-                    current->version.value_or(0), e.what()));
+    log(fmt::format("endpoint '{}': cannot load {}, {}: {}", ep.config.name, latest->reference(),
+                    current ? fmt::format("still serving version {}", current->version.value_or(0)) : "not serving yet",
+                    e.what()));
     return false;
   }
   fresh->registered_name = latest->name;
@@ -309,6 +319,7 @@ bool ApiServer::State::refresh(Endpoint& ep) {
     ep.llm = fresh;
     for (auto& b : backends)
       if (b == old) b = fresh;
+    if (!old) backends.push_back(fresh);
     std::erase_if(retired, [](const std::weak_ptr<LlmBackend>& w) { return w.expired(); });
     retired.push_back(old);
   }
@@ -461,6 +472,9 @@ void ApiServer::State::handle_llm(const httplib::Request& req, httplib::Response
   const auto start = Clock::now();
   Endpoint& ep = endpoint(requested_model(body));
   const std::shared_ptr<LlmBackend> llm_ptr = llm_of(ep);
+  if (!llm_ptr && ep.registry)
+    throw ApiError(503, fmt::format("'{}' serves {}, which has no registered version yet.", ep.config.name, ep.registry->name),
+                   "server_error", std::nullopt, "model_not_ready");
   if (!llm_ptr)
     throw bad_param("model", fmt::format("'{}' is an image endpoint; use /images/generations", ep.config.name), "wrong_endpoint_kind");
   if (chat && ep.config.kind != EndpointKind::Chat)
@@ -943,8 +957,8 @@ void ApiServer::State::setup_routes() {
               const bool reloaded = refresh(ep);
               const auto llm = llm_of(ep);
               send_json(res, 200, {{"id", name},
-                                   {"registered_model", llm->registered_name},
-                                   {"version", llm->version ? json(*llm->version) : json(nullptr)},
+                                   {"registered_model", llm ? llm->registered_name : ep.registry->name},
+                                   {"version", llm && llm->version ? json(*llm->version) : json(nullptr)},
                                    {"follows_latest", !ep.registry->pinned},
                                    {"reloaded", reloaded}});
             }));
@@ -972,7 +986,7 @@ void ApiServer::State::setup_routes() {
            }, true));
   http.Get("/health", route("health", [this](const httplib::Request&, httplib::Response& res, const Caller&) {
              json eps = json::object();
-             for (const auto& [name, ep] : endpoints) eps[name] = "ready";
+             for (const auto& [name, ep] : endpoints) eps[name] = ep.images || llm_of(ep) ? "ready" : "waiting";
              send_json(res, 200, {{"status", "ok"}, {"endpoints", eps}});
            }, true));
   http.Get("/metrics", route("metrics", [this](const httplib::Request&, httplib::Response& res, const Caller&) {
@@ -1009,6 +1023,34 @@ void ApiServer::State::setup_routes() {
                                   {"usage", rows}});
            }));
 
+  // Fine-tuning runs (see finetune_api.h): the caller's token decides which runs it sees.
+  const std::string runs = "/api/2.0/fine-tuning/runs";
+  const std::string run_id = R"(/([A-Za-z0-9._-]{1,200}))";
+  http.Post(runs, route("fine-tuning", [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
+              send_json(res, 200, finetune->create(parse_body(req), *c.token));
+            }));
+  http.Get(runs, route("fine-tuning", [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
+             std::optional<int64_t> limit;
+             if (req.has_param("limit")) {
+               const std::string t = req.get_param_value("limit");
+               if (t.empty() || t.size() > 9 || t.find_first_not_of("0123456789") != std::string::npos)
+                 throw bad_param("limit", fmt::format("'{}' is not a number of runs", t));
+               limit = std::stoll(t);
+             }
+             send_json(res, 200, finetune->list(*c.token, limit));
+           }));
+  http.Get(runs + run_id, route("fine-tuning", [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
+             send_json(res, 200, finetune->get(req.matches[1], *c.token));
+           }));
+  http.Get(runs + run_id + "/metrics",
+           route("fine-tuning", [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
+             send_json(res, 200, finetune->metrics(req.matches[1], *c.token));
+           }));
+  http.Post(runs + run_id + "/cancel",
+            route("fine-tuning", [this](const httplib::Request& req, httplib::Response& res, const Caller& c) {
+              send_json(res, 200, finetune->cancel(req.matches[1], *c.token));
+            }));
+
   // Errors httplib answers itself (no route, body too large, bad request line) get a body too.
   http.set_error_handler([this](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
@@ -1040,6 +1082,7 @@ ApiServer::ApiServer(ServerConfig config, std::function<void(const std::string&)
   s.image_dir = s.data_dir / "images";
   std::filesystem::create_directories(s.image_dir);
   s.registry = std::make_unique<ModelRegistry>(s.db);
+  s.finetune = std::make_unique<FinetuneApi>(s.db, s.data_dir);
   if (s.config.threads > 0) ThreadPool::set_global_threads(static_cast<size_t>(s.config.threads));
   s.load_endpoints();
   s.setup_metrics();

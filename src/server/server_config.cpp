@@ -74,7 +74,7 @@ EndpointConfig parse_endpoint(const Reader& r, const YAML::Node& node, const std
   const std::string at = fmt::format("endpoints.{}", e.name);
   r.only(node, at,
          {"name", "kind", "model", "quantize", "prices", "max_batch", "max_queue", "kv_memory_mb",
-          "provisioned_tokens_per_second", "max_tokens", "reload_interval_s", "sizes", "steps", "max_steps", "guidance_scale", "max_images",
+          "provisioned_tokens_per_second", "max_tokens", "reload_interval_s", "wait_for_registration", "sizes", "steps", "max_steps", "guidance_scale", "max_images",
           "image_queue"});
   if (!node["kind"]) r.bad(at, "kind is missing (chat, completion or image)");
   e.kind = parse_kind(r, at + ".kind", r.str(node["kind"], at + ".kind"));
@@ -99,6 +99,12 @@ EndpointConfig parse_endpoint(const Reader& r, const YAML::Node& node, const std
   if (node["max_tokens"]) e.default_max_tokens = r.integer(node["max_tokens"], at + ".max_tokens", 1, 1 << 24);
   if (node["reload_interval_s"])
     e.reload_interval_s = r.number(node["reload_interval_s"], at + ".reload_interval_s", 0, 86400);
+  if (node["wait_for_registration"]) {
+    if (!node["wait_for_registration"].IsScalar()) r.bad(at + ".wait_for_registration", "expected true or false");
+    e.wait_for_registration = r.get<bool>(node["wait_for_registration"], at + ".wait_for_registration", "true or false");
+    if (e.wait_for_registration && !e.model.starts_with("registry:"))
+      r.bad(at + ".wait_for_registration", "only for a model named registry:catalog.schema.model");
+  }
   if (const auto s = node["sizes"]) {
     if (!s.IsSequence() || s.size() == 0) r.bad(at + ".sizes", "expected a list of sizes such as 1024x1024");
     e.sizes.clear();

@@ -38,6 +38,9 @@ struct EndpointConfig {
   // An endpoint following a registered model's latest version looks for a newer one this
   // often (0: only when asked, POST /serving-endpoints/{name}/reload).
   double reload_interval_s = 10;
+  // A `registry:` model that has no version yet: wait for one (answering 503 until then) instead
+  // of refusing to start, for an endpoint set up before its fine-tuning run registers it.
+  bool wait_for_registration = false;
   // Image endpoints.
   std::vector<ImageSize> sizes = {{1024, 1024}, {1280, 768}, {768, 1280}};
   int64_t steps = 30;

@@ -120,6 +120,14 @@ ALTER TABLE registered_models ADD COLUMN files   TEXT NOT NULL DEFAULT '[]';
 
 PRAGMA user_version = 3;
 )sql",
+    // 4: admin tokens, and which token started a run (NULL: the command line). A run is visible
+    // through the API to the token that started it and to admin tokens.
+    R"sql(
+ALTER TABLE api_tokens ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN owner_token_id INTEGER;
+
+PRAGMA user_version = 4;
+)sql",
 };
 
 constexpr int kLatestVersion = static_cast<int>(std::size(kMigrations));

@@ -29,7 +29,7 @@ constexpr const char* kRunColumns =
     "id, kind, model, status, config_file, config_text, save_folder, log_file, pid, pid_start, host, created_ms,"
     " started_ms, finished_ms, updated_ms, stop_requested_ms, step, total_steps, tokens, total_tokens, loss,"
     " eval_step, eval_loss, best_eval_loss, tokens_per_second, error, mlflow_run_id, mlflow_experiment_id,"
-    " tracking_uri, registered_model, registered_version, details";
+    " tracking_uri, registered_model, registered_version, details, owner_token_id";
 
 // SQLite turns a bound NaN into NULL; a NaN loss is worth keeping (it says the run diverged), so
 // it goes in as text, which a REAL column keeps as it is.
@@ -87,6 +87,7 @@ RunRecord read_run(const Statement& s) {
   r.registered_model = s.column_text(c++);
   r.registered_version = s.column_opt_int(c++);
   r.details = s.column_text(c++);
+  r.owner_token_id = s.column_opt_int(c++);
   return r;
 }
 
@@ -259,7 +260,7 @@ RunRecord RunStore::create(RunRecord run) {
       if (id_exists(session, run.id)) return false;
       auto& s = session.prepare(fmt::format("INSERT INTO runs ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
                                             " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24,"
-                                            " ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)",
+                                            " ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)",
                                             kRunColumns));
       int i = 0;
       const auto text = [&](const std::string& v) { s.bind_text(++i, v); };
@@ -278,6 +279,7 @@ RunRecord RunStore::create(RunRecord run) {
       number(run.loss), integer(run.eval_step), number(run.eval_loss), number(run.best_eval_loss);
       number(run.tokens_per_second), text(run.error), text(run.mlflow_run_id), text(run.mlflow_experiment_id);
       text(run.tracking_uri), text(run.registered_model), integer(run.registered_version), text(run.details);
+      integer(run.owner_token_id);
       s.run();
       return true;
     });

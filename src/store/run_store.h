@@ -31,7 +31,7 @@ bool is_finished(RunStatus status);
 
 struct RunRecord {
   std::string id;  // "pretrain-dbrx-tiny-aq7pd2"
-  std::string kind;  // "pretrain" ("finetune" later)
+  std::string kind;  // "pretrain" or "ft"
   std::string model;  // the model's short name, as in the id
   RunStatus status = RunStatus::queued;
   std::string config_file;  // where the config was read from, as given
@@ -57,6 +57,9 @@ struct RunRecord {
   std::string registered_model;  // "catalog.schema.model" in tessera's registry, "" when none
   std::optional<int64_t> registered_version;
   std::string details = "{}";  // free JSON object for whatever the trainer wants to keep
+  // The API token that started the run through the REST API; nullopt: started on the command
+  // line. Through the API a run is visible to its owner and to admin tokens only.
+  std::optional<int64_t> owner_token_id;
 
   bool running() const { return status == RunStatus::running; }
 };

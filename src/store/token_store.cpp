@@ -32,6 +32,7 @@ ApiToken read_token(const Statement& s) {
   t.revoked_at = s.column_opt_int(4);
   t.last_used_at = s.column_opt_int(5);
   t.comment = s.column_text(6);
+  t.admin = s.column_int(7) != 0;
   return t;
 }
 
@@ -83,7 +84,7 @@ std::vector<ApiToken> find_in(Database::Session& session, std::string_view key) 
   std::optional<std::string> prefix;
   if (key.starts_with(TokenStore::kSecretPrefix) && key.size() > TokenStore::kSecretPrefix.size())
     prefix = std::string(key.substr(0, std::min(key.size(), kPrefixLength)));
-  auto& s = session.prepare("SELECT id, name, prefix, created_at, revoked_at, last_used_at, comment"
+  auto& s = session.prepare("SELECT id, name, prefix, created_at, revoked_at, last_used_at, comment, admin"
                             " FROM api_tokens WHERE id = ?1 OR name = ?2"
                             " OR (?3 IS NOT NULL AND substr(prefix, 1, length(?3)) = ?3) ORDER BY id");
   s.bind_int(1, parse_id(key)).bind_text(2, key).bind_opt_text(3, prefix);
@@ -105,7 +106,7 @@ int64_t TokenStore::now() const {
   return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
-std::pair<ApiToken, std::string> TokenStore::create(const std::string& name, const std::string& comment) {
+std::pair<ApiToken, std::string> TokenStore::create(const std::string& name, const std::string& comment, bool admin) {
   check_name(name);
   if (comment.size() > kMaxCommentLength)
     fail("token comment: {} characters is too long (at most {})", comment.size(), kMaxCommentLength);
@@ -119,18 +120,21 @@ std::pair<ApiToken, std::string> TokenStore::create(const std::string& name, con
   token.prefix = secret.substr(0, kPrefixLength);
   token.created_at = now();
   token.comment = comment;
+  token.admin = admin;
   db_->write([&](Database::Session& session) {
     auto& taken = session.prepare("SELECT id FROM api_tokens WHERE name = ?1 AND revoked_at IS NULL");
     taken.bind_text(1, name);
     if (taken.step())
       fail("token name '{}' is already used by active token {}; revoke it or choose another name", name,
            taken.column_int(0));
-    session.prepare("INSERT INTO api_tokens (name, prefix, secret_sha256, created_at, comment) VALUES (?1, ?2, ?3, ?4, ?5)")
+    session.prepare("INSERT INTO api_tokens (name, prefix, secret_sha256, created_at, comment, admin)"
+                      " VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
         .bind_text(1, name)
         .bind_text(2, token.prefix)
         .bind_blob(3, sha256(secret))
         .bind_int(4, token.created_at)
         .bind_text(5, comment)
+        .bind_int(6, admin ? 1 : 0)
         .run();
     token.id = session.last_insert_id();
   });
@@ -139,7 +143,7 @@ std::pair<ApiToken, std::string> TokenStore::create(const std::string& name, con
 
 std::vector<ApiToken> TokenStore::list(bool include_revoked) const {
   return db_->read([&](Database::Session& session) {
-    auto& s = session.prepare("SELECT id, name, prefix, created_at, revoked_at, last_used_at, comment"
+    auto& s = session.prepare("SELECT id, name, prefix, created_at, revoked_at, last_used_at, comment, admin"
                               " FROM api_tokens WHERE ?1 OR revoked_at IS NULL ORDER BY id");
     s.bind_int(1, include_revoked ? 1 : 0);
     std::vector<ApiToken> out;
@@ -186,11 +190,11 @@ std::optional<ApiToken> TokenStore::verify(std::string_view secret) {
   db_->read([&](Database::Session& session) {
     // The prefix index narrows the search; the hash decides, compared without early exit so the
     // time taken says nothing about how much of it matched.
-    auto& s = session.prepare("SELECT id, name, prefix, created_at, revoked_at, last_used_at, comment, secret_sha256"
+    auto& s = session.prepare("SELECT id, name, prefix, created_at, revoked_at, last_used_at, comment, admin, secret_sha256"
                               " FROM api_tokens WHERE prefix = ?1");
     s.bind_text(1, prefix);
     while (s.step()) {
-      const std::string stored = s.column_blob(7);
+      const std::string stored = s.column_blob(8);
       if (stored.size() == hash.size() && CRYPTO_memcmp(stored.data(), hash.data(), hash.size()) == 0)
         match = read_token(s);
     }

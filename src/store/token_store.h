@@ -23,6 +23,8 @@ struct ApiToken {
   std::optional<int64_t> revoked_at;
   std::optional<int64_t> last_used_at;
   std::string comment;
+  // An admin token also sees and manages what other tokens created (fine-tuning runs).
+  bool admin = false;
 
   bool active() const { return !revoked_at.has_value(); }
 };
@@ -38,7 +40,7 @@ class TokenStore {
 
   // A new token and its secret ("tsr-" + 40 hex digits from RAND_bytes). The secret is returned
   // here once and never stored. Names are unique among active tokens.
-  std::pair<ApiToken, std::string> create(const std::string& name, const std::string& comment = "");
+  std::pair<ApiToken, std::string> create(const std::string& name, const std::string& comment = "", bool admin = false);
 
   // Oldest first.
   std::vector<ApiToken> list(bool include_revoked = false) const;

@@ -16,6 +16,7 @@
 #include "store/run_store.h"
 #include "training/dbrx_training_model.h"
 #include "training/lora.h"
+#include "training/run_launcher.h"
 #include "training/run_reporting.h"
 #include "training/trainer.h"
 
@@ -188,6 +189,40 @@ FinetuneData prepare_finetune_data(const FinetuneRequest& request, const BaseMod
   options.vocab_size = base.config.vocab_size;
   options.chat_format = ChatFormat::from_template(base.dir.empty() ? std::nullopt : load_chat_template(base.dir));
   return load_finetune_data(options, tokenizer);
+}
+
+CheckedFinetune check_finetune(const FinetuneRequest& request, const std::shared_ptr<Database>& db) {
+  CheckedFinetune checked{request, resolve_base_model(request.model, db), {}};
+  checked.data = prepare_finetune_data(request, checked.base, base_model_tokenizer(checked.base));
+  return checked;
+}
+
+FinetunePlan plan_finetune(const CheckedFinetune& checked) {
+  const FinetuneRequest& request = checked.request;
+  FinetunePlan plan;
+  const int64_t steps_per_epoch = std::max<int64_t>(1, checked.data.train_rows_per_epoch() / request.batch_size);
+  plan.steps = Duration::parse(request.training_duration)
+                   .to_steps(request.batch_size * request.context_length, steps_per_epoch);
+  plan.epochs = std::max<int64_t>(1, (plan.steps + steps_per_epoch - 1) / steps_per_epoch);
+  plan.tokens = estimate_tokens(checked.data, plan.epochs);
+  return plan;
+}
+
+RunRecord create_finetune_run(RunStore& store, const CheckedFinetune& checked, const std::filesystem::path& home,
+                              const std::string& source, std::optional<int64_t> owner_token_id) {
+  if (!checked.data.report.ok())
+    fail("the training data has {} problem{}; nothing was started", checked.data.report.errors(),
+         checked.data.report.errors() == 1 ? "" : "s");
+  RunRecord run;
+  run.kind = "ft";
+  run.model = checked.base.short_name;
+  run.id = store.new_run_id(run.kind, run.model);
+  run.config_text = checked.request.to_json().dump(2);
+  run.config_file = source;
+  run.save_folder = (run_folder(home, run.id) / "checkpoints").string();
+  run.log_file = (run_folder(home, run.id) / "train.log").string();
+  run.owner_token_id = owner_token_id;
+  return store.create(run);
 }
 
 std::string registered_name(const FinetuneRequest& request, const BaseModel& base) {

@@ -15,6 +15,7 @@
 
 #include "models/llm/dbrx_config.h"
 #include "store/database.h"
+#include "store/run_store.h"
 #include "tokenizers/bpe_tokenizer.h"
 #include "training/finetune_data.h"
 #include "training/pretrain_job.h"
@@ -60,6 +61,30 @@ Tokenizer base_model_tokenizer(const BaseModel& base);
 // The registered name of a run's model: register_to itself when it has three parts, else
 // register_to + "." + the base model's short name with "-ft" (dots and odd characters as '_').
 std::string registered_name(const FinetuneRequest& request, const BaseModel& base);
+
+// A request checked as its run will read it: the base model found, the data read, tokenized and
+// validated. Problems with the data are listed in data.report (a run may start only when
+// data.report.ok()); errors are thrown only for a base model or options that cannot work.
+struct CheckedFinetune {
+  FinetuneRequest request;
+  BaseModel base;
+  FinetuneData data;
+};
+CheckedFinetune check_finetune(const FinetuneRequest& request, const std::shared_ptr<Database>& db);
+
+// What a checked request will train: optimizer steps, whole epochs, and tokens.
+struct FinetunePlan {
+  int64_t steps = 0;
+  int64_t epochs = 0;
+  TokenEstimate tokens;
+};
+FinetunePlan plan_finetune(const CheckedFinetune& checked);
+
+// Stores a queued fine-tuning run for a checked request whose data has no errors, with its log
+// and checkpoints under run_folder(home, id). source says where it came from ("(finetune
+// create)", "(REST API)"); owner_token_id is the API token that asked for it, if any.
+RunRecord create_finetune_run(RunStore& store, const CheckedFinetune& checked, const std::filesystem::path& home,
+                              const std::string& source, std::optional<int64_t> owner_token_id = std::nullopt);
 
 // Runs fine-tuning run `run_id` to its end (same contract as run_pretrain_job).
 int run_finetune_job(const std::shared_ptr<Database>& db, const std::string& run_id, const PretrainJobOptions& options,

@@ -1,0 +1,1 @@
+"""Training on a tessera server: fine-tuning runs (foundation_model)."""
