@@ -5,7 +5,6 @@
 #include <array>
 #include <bit>
 #include <cctype>
-#include <chrono>
 #include <fstream>
 #include <unordered_map>
 
