@@ -9,6 +9,7 @@ void register_generate(CLI::App& app);
 void register_chat(CLI::App& app);
 void register_score(CLI::App& app);
 void register_tokenize(CLI::App& app);
+void register_tokenizer(CLI::App& app);
 void register_models(CLI::App& app);
 void register_init(CLI::App& app);
 void register_quantize(CLI::App& app);

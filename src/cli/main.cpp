@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   tessera::cli::register_chat(app);
   tessera::cli::register_score(app);
   tessera::cli::register_tokenize(app);
+  tessera::cli::register_tokenizer(app);
   tessera::cli::register_models(app);
   tessera::cli::register_init(app);
   tessera::cli::register_quantize(app);

@@ -128,6 +128,10 @@ struct PreTokenizeStep {
 // The raw bytes a GPT-2 byte-level vocab string stands for ("\u0120the" -> " the");
 // nullopt when it is not byte-level text.
 std::optional<std::string> byte_level_decode(std::string_view s);
+// The other way: the vocab string for raw bytes (" the" -> "\u0120the").
+std::string byte_level_encode(std::string_view bytes);
+// The code point standing for one byte (' ' -> U+0120). Trainers order the base alphabet by it.
+char32_t byte_level_char(unsigned char byte);
 
 enum class TokenKind : uint8_t { kNone = 0, kRegular = 1, kAdded = 2, kSpecial = 3 };
 

@@ -524,6 +524,15 @@ std::shared_ptr<Tokenizer::Impl> parse_tokenizer_json(std::string_view text, std
 
 std::optional<std::string> byte_level_decode(std::string_view s) { return byte_level_alphabet().decode(s); }
 
+char32_t byte_level_char(unsigned char byte) { return byte_level_alphabet().char_of[byte]; }
+
+std::string byte_level_encode(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (char c : bytes) utf8::append(out, byte_level_char(static_cast<unsigned char>(c)));
+  return out;
+}
+
 namespace {
 
 // ----------------------------------------------------------------------------------------
