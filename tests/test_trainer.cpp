@@ -124,6 +124,27 @@ TEST(Trainer, LossFallsOnLearnableData) {
   EXPECT_EQ(model.config().d_model, 32);
 }
 
+TEST(Trainer, CheckpointsCarryTheRunsOwnTokenizer) {
+  testing::TempDir tmp;
+  const fs::path tok = tmp.path() / "tok";
+  fs::create_directories(tok);
+  testing::write_file(tok / "tokenizer.json", "{\"model\": \"own\"}");
+  testing::write_file(tok / "tokenizer_config.json", "{\"eos_token\": \"<|endoftext|>\"}");
+  testing::write_file(tok / "notes.txt", "not a tokenizer file");
+  DbrxTrainingModel model(tiny_config(), 1, 0.02f);
+  model.set_tokenizer_source(tok);
+  model.save(tmp.path() / "own");
+  EXPECT_EQ(testing::read_file(tmp.path() / "own" / "tokenizer.json"), "{\"model\": \"own\"}");
+  EXPECT_TRUE(fs::exists(tmp.path() / "own" / "tokenizer_config.json"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "own" / "notes.txt"));
+  EXPECT_FALSE(fs::exists(tmp.path() / "own" / "cl100k_base.tiktoken"));
+  // Without a source (or one without tokenizer files) the folder gets DBRX's cl100k files.
+  model.set_tokenizer_source(tmp.path() / "own" / "missing");
+  model.save(tmp.path() / "dbrx");
+  EXPECT_FALSE(fs::exists(tmp.path() / "dbrx" / "tokenizer.json"));
+  EXPECT_TRUE(fs::exists(tmp.path() / "dbrx" / "tokenizer_config.json"));
+}
+
 TEST(Trainer, StoppedAndResumedRunRepeatsTheUninterruptedLosses) {
   testing::TempDir tmp;
   const int64_t steps = 25;

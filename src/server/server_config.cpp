@@ -17,6 +17,8 @@ namespace {
 // The default chat model scripts/setup installs and the folder an image model is installed to.
 constexpr const char* kDefaultChatModel = "smollm2-135m-instruct";
 constexpr const char* kDefaultImageModel = "imageai";
+// tessera's own tiny DBRX chat model (tools/chat_model), committed under models/.
+constexpr const char* kOwnChatModel = "tessera-dbrx-tiny-instruct";
 
 struct Reader {
   std::string file;
@@ -202,6 +204,14 @@ ServerConfig ServerConfig::defaults() {
   chat.kind = EndpointKind::Chat;
   chat.model = kDefaultChatModel;
   c.endpoints.push_back(chat);
+  if (std::filesystem::exists(models_dir() / kOwnChatModel)) {
+    EndpointConfig own;
+    own.name = kOwnChatModel;
+    own.kind = EndpointKind::Chat;
+    own.model = kOwnChatModel;
+    own.default_max_tokens = 96;
+    c.endpoints.push_back(own);
+  }
   if (std::filesystem::exists(models_dir() / kDefaultImageModel)) {
     EndpointConfig image;
     image.name = "databricks-shutterstock-imageai";

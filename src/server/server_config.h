@@ -62,8 +62,8 @@ struct ServerConfig {
 
   // Reads a YAML file; every mistake is one line naming the file and the key.
   static ServerConfig load(const std::filesystem::path& file);
-  // The installed default models: "databricks-dbrx-instruct" (chat) and, when an image model
-  // is installed, "databricks-shutterstock-imageai".
+  // The installed default models: "databricks-dbrx-instruct" (chat), and when they are installed,
+  // "tessera-dbrx-tiny-instruct" (tessera's own chat model) and "databricks-shutterstock-imageai".
   static ServerConfig defaults();
   void validate() const;
 };

@@ -143,7 +143,20 @@ void DbrxTrainingModel::save(const std::filesystem::path& dir) const {
   }
   std::filesystem::rename(tmp, dir / "config.json", ec);
   if (ec) fail("{}: cannot move into place: {}", (dir / "config.json").string(), ec.message());
-  write_dbrx_tokenizer_files(dir);
+  bool copied = false;
+  if (!tokenizer_source_.empty() && std::filesystem::is_directory(tokenizer_source_, ec)) {
+    for (const auto& entry : std::filesystem::directory_iterator(tokenizer_source_, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name != "tokenizer.json" && name != "tokenizer_config.json" && name != "special_tokens_map.json" &&
+          entry.path().extension() != ".tiktoken")
+        continue;
+      std::error_code copy_ec;
+      std::filesystem::copy_file(entry.path(), dir / name, std::filesystem::copy_options::overwrite_existing, copy_ec);
+      if (copy_ec) fail("{}: cannot copy into {}: {}", entry.path().string(), dir.string(), copy_ec.message());
+      copied = true;
+    }
+  }
+  if (!copied) write_dbrx_tokenizer_files(dir);
 }
 
 StepLoss DbrxTrainingModel::forward_backward(const TokenBatch& batch, float ce_scale, float aux_scale, Rng* jitter) {

@@ -63,6 +63,9 @@ class DbrxTrainingModel {
   static DbrxTrainingModel load(const std::filesystem::path& dir);
   // config.json, model.safetensors (f32) and the tokenizer files; written atomically per file.
   void save(const std::filesystem::path& dir) const;
+  // save() copies the tokenizer files of this folder (tokenizer.json, tokenizer_config.json,
+  // special_tokens_map.json, *.tiktoken); with none there, or no folder, it writes DBRX's.
+  void set_tokenizer_source(std::filesystem::path dir) { tokenizer_source_ = std::move(dir); }
 
   const DbrxConfig& config() const { return config_; }
   const std::vector<Parameter>& parameters() const { return params_; }
@@ -88,6 +91,7 @@ class DbrxTrainingModel {
   std::vector<Parameter> params_;
   std::vector<float> values_, grads_;
   std::vector<float> inv_freq_;
+  std::filesystem::path tokenizer_source_;
 };
 
 }  // namespace tessera::training

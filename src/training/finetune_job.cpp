@@ -268,6 +268,7 @@ int run_finetune_job(const std::shared_ptr<Database>& db, const std::string& run
     s.run_id = run_id;
     s.model = base.config;
     s.init_from = base.dir;
+    s.tokenizer_from = base.dir;
     s.save_folder = run.save_folder;
     s.total_steps = total;
     s.global_batch = s.micro_batch = request.batch_size;

@@ -92,14 +92,22 @@ std::vector<std::pair<std::string, std::string>> run_params(const TrainConfig& c
 
 }  // namespace
 
+namespace {
+
+// The folder beside the model's config.json when it holds a tokenizer; else none (cl100k).
+fs::path tokenizer_folder(const TrainConfig& config) {
+  if (!config.model_config_path) return {};
+  const fs::path dir = config.model_config_path->parent_path();
+  std::error_code ec;
+  if (fs::exists(dir / "tokenizer.json", ec) || fs::exists(dir / "tokenizer_config.json", ec)) return dir;
+  return {};
+}
+
+}  // namespace
+
 Tokenizer training_tokenizer(const TrainConfig& config) {
-  if (config.model_config_path) {
-    const fs::path dir = config.model_config_path->parent_path();
-    std::error_code ec;
-    if (fs::exists(dir / "tokenizer.json", ec) || fs::exists(dir / "tokenizer_config.json", ec))
-      return Tokenizer::load_for_model(dir);
-  }
-  return default_dbrx_tokenizer();
+  const fs::path dir = tokenizer_folder(config);
+  return dir.empty() ? default_dbrx_tokenizer() : Tokenizer::load_for_model(dir);
 }
 
 Tokenizer default_dbrx_tokenizer() {
@@ -148,6 +156,7 @@ int run_pretrain_job(const std::shared_ptr<Database>& db, const std::string& run
     TrainerSettings s;
     s.run_id = run_id;
     s.model = model;
+    s.tokenizer_from = tokenizer_folder(config);
     s.save_folder = config.save_folder;
     s.total_steps = plan.total_steps;
     s.global_batch = config.training.global_batch_size;

@@ -94,6 +94,7 @@ std::filesystem::path Trainer::run(bool resume, const std::vector<TrainingObserv
     model = std::make_unique<DbrxTrainingModel>(DbrxTrainingModel::load(s_.init_from));
   else
     model = std::make_unique<DbrxTrainingModel>(s_.model, s_.seed, s_.init_std);
+  model->set_tokenizer_source(s_.tokenizer_from);
   trained.attach(*model);
   AdamW optimizer(trained.values().size(), s_.adam);
   if (from) {

@@ -45,6 +45,9 @@ struct TrainerSettings {
   std::string run_id;
   DbrxConfig model;
   std::filesystem::path init_from;   // a Hugging Face DBRX folder to start from (empty: random init)
+  // Where checkpoints copy their tokenizer files from (the folder the run's tokenizer was read
+  // from); empty, or a folder without them: the DBRX (cl100k) files.
+  std::filesystem::path tokenizer_from;
   float init_std = 0.02f;
   std::filesystem::path save_folder;
   int64_t total_steps = 0;

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Trains tessera-dbrx-tiny-instruct end to end with tessera's own tools, from text that Debian
+# packages ship (see make_data.py and the model card):
+#   1. the data: a dictionary corpus from WordNet plus fortunes, and a chat set about the words
+#   2. a byte-level BPE vocabulary of 8192 tokens on the corpus (`tessera tokenizer train`)
+#   3. pre-training of a DBRX-architecture model (config.json: 16 experts, 4 active)
+#   4. chat fine-tuning on the generated questions (`tessera finetune create`), registered
+#   5. evaluation on held-out "What does WORD mean?" questions (evaluate.py)
+#   6. export: 8-bit GGUF weights and the tokenizer into models/tessera-dbrx-tiny-instruct
+#
+# FROM=stage (data, tokenizer, pretrain, finetune, evaluate, export) starts at that stage and
+# reuses what WORK holds from the earlier ones.
+#
+# BUDGET=full (default; about 80 minutes on two cores) or BUDGET=short (a minute; what scripts/test
+# runs to check that every stage works and the losses fall). WORK holds everything made on the
+# way (default /tmp/tessera-chat-model); OUT is where the finished model goes (full budget only).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+B=${TESSERA_BIN:-$ROOT/build/tessera}
+PY=${PYTHON:-$ROOT/.venv/bin/python}
+BUDGET=${BUDGET:-full}
+WORK=${WORK:-/tmp/tessera-chat-model}
+OUT=${OUT:-$ROOT/models/tessera-dbrx-tiny-instruct}
+export TESSERA_HOME=$WORK/home
+
+case "$BUDGET" in
+  full)  WORDS=3000; VOCAB=8192; PRETRAIN=850ba;  BATCH=32; SEQ=128; FT=2ep; EVAL=100ba ;;
+  short) WORDS=150;  VOCAB=1024; PRETRAIN=40ba;   BATCH=4;  SEQ=64;  FT=20ba; EVAL=20ba ;;
+  *) echo "train.sh: BUDGET must be full or short, got '$BUDGET'" >&2; exit 2 ;;
+esac
+
+FROM=${FROM:-data}
+STAGES=(data tokenizer pretrain finetune evaluate export)
+case " ${STAGES[*]} " in *" $FROM "*) ;; *) echo "train.sh: FROM must be one of: ${STAGES[*]}" >&2; exit 2 ;; esac
+
+say() { printf '\n== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
+mkdir -p "$WORK"
+# Whether stage $1 runs (it is FROM or comes after it).
+runs() {
+  local s seen=0
+  for s in "${STAGES[@]}"; do
+    [ "$s" = "$FROM" ] && seen=1
+    [ "$s" = "$1" ] && return $((1 - seen))
+  done
+  return 1
+}
+# Seconds each stage took, for the model card.
+STAGE_START=$(date +%s.%N)
+TIMINGS="$WORK/timings.json"
+[ "$FROM" = data ] || [ ! -f "$TIMINGS" ] && echo '{}' > "$TIMINGS"
+took() {
+  local now; now=$(date +%s.%N)
+  python3 -c 'import json,sys; p=sys.argv[1]; t=json.load(open(p)); t[sys.argv[2]]=round(float(sys.argv[3]),1); json.dump(t,open(p,"w"))' \
+    "$TIMINGS" "$1" "$(python3 -c "print($now - $STAGE_START)")"
+  STAGE_START=$now
+}
+
+if runs data; then
+say "data"
+python3 "$HERE/make_data.py" -o "$WORK/data" --words "$WORDS" --heldout $((WORDS / 20)) --eval-words $((WORDS / 30))
+took data
+fi
+
+if runs tokenizer; then
+say "tokenizer ($VOCAB tokens)"
+"$B" tokenizer train --input "$WORK/data/corpus" --vocab-size "$VOCAB" -o "$WORK/base"
+python3 - "$HERE/config.json" "$WORK/base/config.json" "$VOCAB" "$BUDGET" <<'PY'
+import json, sys
+config = json.load(open(sys.argv[1]))
+config["vocab_size"] = int(sys.argv[3])
+if sys.argv[4] == "short":  # the same architecture, scaled down to test the recipe quickly
+    config.update(d_model=64, n_layers=2)
+    config["ffn_config"]["ffn_hidden_size"] = 64
+json.dump(config, open(sys.argv[2], "w"), indent=2)
+PY
+took tokenizer
+fi
+
+if runs pretrain; then
+say "pre-training ($PRETRAIN of $BATCH x $SEQ tokens)"
+cat > "$WORK/pretrain.yaml" <<YAML
+model: $WORK/base/config.json
+train_data: $WORK/data/corpus
+eval_data: $WORK/data/eval
+save_folder: $WORK/pretrain
+training:
+  max_duration: $PRETRAIN
+  global_batch_size: $BATCH
+  seq_len: $SEQ
+  lr: 2e-3
+  warmup: 0.03
+  eval_interval: $EVAL
+  eval_batches: 0
+  save_interval: $EVAL
+  log_interval: 10
+  seed: 17
+YAML
+rm -rf "$WORK/pretrain" "$TESSERA_HOME"
+"$B" train -f "$WORK/pretrain.yaml" --follow
+took pretrain
+fi
+BASE="$WORK/pretrain/$(cat "$WORK/pretrain/latest")"
+
+if runs finetune; then
+say "chat fine-tuning ($FT)"
+"$B" finetune create --model "$BASE" --train-data "$WORK/data/chat_train.jsonl" --task chat-completion \
+  --context-length 128 --batch-size "$BATCH" --training-duration "$FT" --learning-rate 1e-3 \
+  --register-to main.tessera.dbrx_tiny_instruct --follow
+took finetune
+fi
+TUNED=$("$B" models show main.tessera.dbrx_tiny_instruct --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
+
+if runs evaluate; then
+say "evaluation"
+"$PY" "$HERE/evaluate.py" --tessera "$B" --model "$BASE" --model "$TUNED" --data "$WORK/data" \
+  --out "$WORK/eval.json"
+took evaluate
+fi
+
+if [ "$BUDGET" = full ] && runs export; then
+  say "export to $OUT"
+  rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp"
+  "$B" quantize -m "$TUNED" --to q8_0 -o "$OUT.tmp"
+  cp "$WORK/eval.json" "$OUT.tmp/eval.json"
+  cp "$WORK/data/stats.json" "$OUT.tmp/data_stats.json"
+  python3 "$HERE/model_card.py" --work "$WORK" --out "$OUT.tmp"
+  rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+fi
+say "done"
