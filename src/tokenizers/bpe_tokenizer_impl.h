@@ -133,6 +133,18 @@ std::string byte_level_encode(std::string_view bytes);
 // The code point standing for one byte (' ' -> U+0120). Trainers order the base alphabet by it.
 char32_t byte_level_char(unsigned char byte);
 
+// A short, printable excerpt of untrusted text for an error message: at most 40 bytes, anything
+// outside printable ASCII as '?', and "..." when cut.
+inline std::string excerpt(std::string_view s) {
+  std::string out;
+  for (char c : s.substr(0, 40)) {
+    const auto u = static_cast<unsigned char>(c);
+    out += (u >= 0x20 && u < 0x7F) ? c : '?';
+  }
+  if (s.size() > 40) out += "...";
+  return out;
+}
+
 enum class TokenKind : uint8_t { kNone = 0, kRegular = 1, kAdded = 2, kSpecial = 3 };
 
 struct Tokenizer::Impl {

@@ -33,17 +33,6 @@ constexpr int64_t kMaxVocabSize = int64_t{1} << 24;
 constexpr size_t kBlockBytes = size_t{4} << 20;
 constexpr size_t kMaxBlockBytes = size_t{64} << 20;
 
-// A short, printable excerpt of untrusted text for an error message.
-std::string excerpt(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, 40)) {
-    const auto u = static_cast<unsigned char>(c);
-    out += (u >= 0x20 && u < 0x7F) ? c : '?';
-  }
-  if (s.size() > 40) out += "...";
-  return out;
-}
-
 // Distinct words of two bytes or more with their counts. The bytes live in one arena, so
 // millions of short words cost little more than their text.
 class WordTable {

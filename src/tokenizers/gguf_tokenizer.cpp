@@ -76,16 +76,6 @@ std::optional<PreTokenizer> pre_tokenizer_for(std::string_view pre) {
   return std::nullopt;
 }
 
-std::string excerpt(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, 40)) {
-    const auto u = static_cast<unsigned char>(c);
-    out += (u >= 0x20 && u < 0x7F) ? c : '?';
-  }
-  if (s.size() > 40) out += "...";
-  return out;
-}
-
 // An optional special-token id; ids past the vocabulary are ignored with a warning, as
 // llama.cpp does.
 std::optional<int32_t> special_id(const GgufFile& file, const std::string& key, size_t n_tokens) {

@@ -44,17 +44,6 @@ std::string read_text_file(const fs::path& path) {
   return text;
 }
 
-// A short, printable excerpt of untrusted text for an error message.
-std::string excerpt(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, 40)) {
-    const auto u = static_cast<unsigned char>(c);
-    out += (u >= 0x20 && u < 0x7F) ? c : '?';
-  }
-  if (s.size() > 40) out += "...";
-  return out;
-}
-
 // Collects (id, bytes, kind) entries and turns them into the id-indexed tables once the
 // largest id is known to be sane.
 struct TableBuilder {
