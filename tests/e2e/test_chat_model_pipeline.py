@@ -1,6 +1,6 @@
 """tools/chat_model/train.sh with a tiny budget: every stage of the default chat model's recipe
 (data from Debian packages, tokenizer training, pre-training, chat fine-tuning with
-registration, held-out evaluation) runs, and both training losses fall."""
+registration, 8-bit weights, held-out evaluation) runs, and both training losses fall."""
 import json
 import os
 import pathlib
@@ -51,5 +51,7 @@ def test_the_recipe_runs_end_to_end_on_a_small_budget(tessera_bin, tmp_path):
     tokenizer = json.loads((work / "base" / "tokenizer.json").read_text())
     assert len(tokenizer["model"]["vocab"]) + len(tokenizer.get("added_tokens", [])) >= 1000
     report = json.loads((work / "eval.json").read_text())
-    assert report["questions"] == 7 and len(report["models"]) == 2
+    assert report["questions"] == 7 and len(report["models"]) == 3  # pre-trained, fine-tuned, 8-bit
     assert all(len(m["answers"]) == 7 and 0 <= m["accuracy"] <= 1 for m in report["models"])
+    q8 = work / "q8_0"
+    assert (q8 / "model.gguf").stat().st_size > 0 and (q8 / "tokenizer.json").read_text() == (work / "base" / "tokenizer.json").read_text()

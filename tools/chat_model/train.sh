@@ -5,10 +5,12 @@
 #   2. a byte-level BPE vocabulary of 8192 tokens on the corpus (`tessera tokenizer train`)
 #   3. pre-training of a DBRX-architecture model (config.json: 16 experts, 4 active)
 #   4. chat fine-tuning on the generated questions (`tessera finetune create`), registered
-#   5. evaluation on held-out "What does WORD mean?" questions (evaluate.py)
-#   6. export: 8-bit GGUF weights and the tokenizer into models/tessera-dbrx-tiny-instruct
+#   5. 8-bit weights (`tessera quantize --to q8_0`: a GGUF file and the tokenizer)
+#   6. evaluation on held-out "What does WORD mean?" questions (evaluate.py), for the pre-trained,
+#      the fine-tuned and the 8-bit model
+#   7. export: the 8-bit model, its evaluation and model card into models/tessera-dbrx-tiny-instruct
 #
-# FROM=stage (data, tokenizer, pretrain, finetune, evaluate, export) starts at that stage and
+# FROM=stage (data, tokenizer, pretrain, finetune, quantize, evaluate, export) starts at that stage and
 # reuses what WORK holds from the earlier ones.
 #
 # BUDGET=full (default; about 80 minutes on two cores) or BUDGET=short (a minute; what scripts/test
@@ -31,7 +33,7 @@ case "$BUDGET" in
 esac
 
 FROM=${FROM:-data}
-STAGES=(data tokenizer pretrain finetune evaluate export)
+STAGES=(data tokenizer pretrain finetune quantize evaluate export)
 case " ${STAGES[*]} " in *" $FROM "*) ;; *) echo "train.sh: FROM must be one of: ${STAGES[*]}" >&2; exit 2 ;; esac
 
 say() { printf '\n== %s (%s)\n' "$*" "$(date +%H:%M:%S)"; }
@@ -111,17 +113,23 @@ took finetune
 fi
 TUNED=$("$B" models show main.tessera.dbrx_tiny_instruct --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["path"])')
 
+if runs quantize; then
+say "8-bit weights"
+rm -rf "$WORK/q8_0"
+"$B" quantize -m "$TUNED" --to q8_0 -o "$WORK/q8_0"
+took quantize
+fi
+
 if runs evaluate; then
 say "evaluation"
-"$PY" "$HERE/evaluate.py" --tessera "$B" --model "$BASE" --model "$TUNED" --data "$WORK/data" \
+"$PY" "$HERE/evaluate.py" --tessera "$B" --model "$BASE" --model "$TUNED" --model "$WORK/q8_0" --data "$WORK/data" \
   --out "$WORK/eval.json"
 took evaluate
 fi
 
 if [ "$BUDGET" = full ] && runs export; then
   say "export to $OUT"
-  rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp"
-  "$B" quantize -m "$TUNED" --to q8_0 -o "$OUT.tmp"
+  rm -rf "$OUT.tmp" && cp -r "$WORK/q8_0" "$OUT.tmp"
   cp "$WORK/eval.json" "$OUT.tmp/eval.json"
   cp "$WORK/data/stats.json" "$OUT.tmp/data_stats.json"
   python3 "$HERE/model_card.py" --work "$WORK" --out "$OUT.tmp"
