@@ -61,7 +61,7 @@ def main():
         for q in questions:
             answer = ask(args.tessera, model, q["question"], args.max_tokens)
             answers.append({"word": q["word"], "question": q["question"], "answer": answer,
-                            "correct": correct(answer, q["word"], q["definitions"])})
+                            "definitions": q["definitions"], "correct": correct(answer, q["word"], q["definitions"])})
         accuracy = sum(a["correct"] for a in answers) / max(1, len(answers))
         print(f"{model}: {accuracy:.0%} of {len(answers)} held-out definitions correct")
         report["models"].append({"model": model, "accuracy": accuracy, "answers": answers})
