@@ -112,10 +112,11 @@ def dictionary_text(word: str, senses) -> str:
 
 
 def meaning_answer(word: str, senses) -> str:
-    first = senses[0]
-    answer = f"{word.capitalize()} ({first['pos']}) means {first['definition']}."
+    # The corpus's own shape ("dog\n1. (noun) ..."), so that an answer continues the entry the
+    # model memorized in pre-training rather than starting a differently tokenized word.
+    answer = f"{word} ({senses[0]['pos']}): {senses[0]['definition']}."
     if len(senses) > 1:
-        answer += f" It can also mean {senses[1]['definition']}."
+        answer += f" Also ({senses[1]['pos']}): {senses[1]['definition']}."
     return answer
 
 
