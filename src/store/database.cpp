@@ -2,7 +2,9 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
 #include <system_error>
+#include <thread>
 
 #include "core/error.h"
 #include "core/paths.h"
@@ -301,8 +303,17 @@ void Database::migrate() {
          kLatestVersion);
   if (version < 0) fail("{}: invalid schema version {}", file_.string(), version);
   exec("PRAGMA foreign_keys = ON");
-  // The journal mode is stored in the file, so this only does work the first time.
-  exec("PRAGMA journal_mode = WAL");
+  // The journal mode is stored in the file, so this only does work the first time. Switching it
+  // needs the file to itself, and SQLite answers SQLITE_BUSY at once (without the busy handler)
+  // while another connection opens the same new file, so wait our turn here by hand.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kBusyTimeoutMs);
+  for (;;) {
+    const int rc = sqlite3_exec(db_, "PRAGMA journal_mode = WAL", nullptr, nullptr, nullptr);
+    if (rc == SQLITE_OK) break;
+    if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED) fail_sqlite("cannot switch to WAL mode", rc);
+    if (std::chrono::steady_clock::now() >= deadline) fail_sqlite("cannot switch to WAL mode", rc);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   // NORMAL is durable against process crashes in WAL mode; only a power loss can drop the last
   // commits, never corrupt the file.
   exec("PRAGMA synchronous = NORMAL");
