@@ -47,7 +47,7 @@ def test_the_recipe_runs_end_to_end_on_a_small_budget(tessera_bin, tmp_path):
     assert by_kind["ft"]["registered_model"] == "main.tessera.dbrx_tiny_instruct"
 
     stats = json.loads((work / "data" / "stats.json").read_text())
-    assert stats["words"] == 150 and stats["chat_pairs"] > 150 and stats["fortunes"] > 100
+    assert stats["words"] == 150 and stats["chat_pairs"] > 150 and stats["fortunes"] == 100
     tokenizer = json.loads((work / "base" / "tokenizer.json").read_text())
     assert len(tokenizer["model"]["vocab"]) + len(tokenizer.get("added_tokens", [])) >= 1000
     report = json.loads((work / "eval.json").read_text())

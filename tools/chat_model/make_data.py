@@ -7,14 +7,21 @@ Sources (installed by scripts/setup; licenses in the model card):
   fortunes-min  /usr/share/games/fortunes/{fortunes,literature,riddles}   BSD
 
 Output folder:
-  corpus/dictionary.jsonl   one document per word: every kept sense with its gloss, examples and
-                            synonyms, as a dictionary prints it (pre-training)
+  corpus/dictionary.jsonl   pre-training text about the words, in --copies differently shuffled
+                            copies: for every word its dictionary entry (every kept sense with its
+                            gloss, example and synonyms) and the same senses said in sentences
+                            ("The word dog (noun) means ..."); and for the fine-tuning words only,
+                            the question and answer as plain text ("Question: What does dog
+                            mean?\nAnswer: ..."). Mixing some questions into pre-training, and
+                            stating each fact in more than one form, is what lets the model answer
+                            questions later about words it only read about.
   corpus/fortunes.jsonl     one document per fortune (pre-training)
   eval/dictionary.jsonl     the entries of --eval-words other words, kept out of the corpus and
                             the chat set: held-out text for perplexity
   chat_train.jsonl          ChatML question/answer pairs about the words (fine-tuning)
   heldout.jsonl             "What does WORD mean?" questions whose words have no question in
-                            chat_train.jsonl (their entries are in the corpus): the evaluation set
+                            chat_train.jsonl nor in the corpus (their entries and sentences are
+                            in the corpus): the evaluation set
   stats.json                counts and sizes, for the model card
 
 The word list is the --words most frequent lemmas in WordNet's sense-tagged counts (cntlist.rev),
@@ -61,6 +68,7 @@ def read_synsets():
             parts = [p.strip() for p in gloss.strip().split(";")]
             definition = "; ".join(p for p in parts if not p.startswith('"')).strip()
             examples = [p.strip('"').strip() for p in parts if p.startswith('"') and len(p) > 3]
+            definition = definition.rstrip(". ")
             synsets[(offset, ss_type if ss_type != "s" else "a")] = (POS[ss_type], lemmas, definition, examples, sense_ids)
     return synsets
 
@@ -100,7 +108,9 @@ def build_entries(words: int, max_senses: int):
 
 
 def dictionary_text(word: str, senses) -> str:
-    lines = [word]
+    # "Dictionary entry: " puts a space before the headword, so it is the same token as in
+    # questions ("What does dog mean?") and answers ("The word dog ...").
+    lines = [f"Dictionary entry: {word}"]
     for i, s in enumerate(senses, 1):
         line = f"{i}. ({s['pos']}) {s['definition']}."
         if s["example"]:
@@ -111,13 +121,45 @@ def dictionary_text(word: str, senses) -> str:
     return "\n".join(lines)
 
 
+def as_a(pos: str) -> str:
+    return f"As {'an' if pos[0] in 'aeiou' else 'a'} {pos}"
+
+
 def meaning_answer(word: str, senses) -> str:
-    # The corpus's own shape ("dog\n1. (noun) ..."), so that an answer continues the entry the
-    # model memorized in pre-training rather than starting a differently tokenized word.
-    answer = f"{word} ({senses[0]['pos']}): {senses[0]['definition']}."
+    answer = f"The word {word} ({senses[0]['pos']}) means {senses[0]['definition']}."
     if len(senses) > 1:
-        answer += f" Also ({senses[1]['pos']}): {senses[1]['definition']}."
+        answer += f" {as_a(senses[1]['pos'])}, {word} also means {senses[1]['definition']}."
     return answer
+
+
+def sentences_text(word: str, senses) -> str:
+    # The answer's own words, plus the senses the answer leaves out.
+    text = meaning_answer(word, senses)
+    for s in senses[2:]:
+        text += f" {as_a(s['pos'])}, {word} can also mean {s['definition']}."
+    return text
+
+
+def reversed_text(word: str, senses) -> str:
+    # The meaning first and the word last, so that what the word means is tied to the word's
+    # own token, not only to the tokens after it.
+    s = senses[0]
+    return f"{s['definition'][0].upper()}{s['definition'][1:]}: that is what the {s['pos']} {word} means."
+
+
+def usage_text(word: str, senses) -> str:
+    for s in senses:
+        if s["example"]:
+            return f"In \"{s['example']}\", the word {word} means {s['definition']}."
+    return f"Meaning of {word}: {senses[0]['definition']}."
+
+
+QUESTIONS = ["What does {w} mean?", "What does the word {w} mean?", "Define {w}.", "What is the meaning of {w}?"]
+
+
+def question_texts(word: str, senses) -> list:
+    # Every phrasing, so that the answer has to find the word at a different distance each time.
+    return [f"Question: {q.format(w=word)}\nAnswer: {meaning_answer(word, senses)}" for q in QUESTIONS]
 
 
 def chat(question: str, answer: str) -> dict:
@@ -140,9 +182,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-o", "--out", required=True, type=pathlib.Path)
     ap.add_argument("--words", type=int, default=4000, help="most frequent lemmas kept")
-    ap.add_argument("--senses", type=int, default=3, help="senses kept per lemma")
+    ap.add_argument("--senses", type=int, default=2, help="senses kept per lemma")
     ap.add_argument("--heldout", type=int, default=200, help="words whose questions are held out")
     ap.add_argument("--eval-words", type=int, default=100, help="words whose entries are held out of the corpus")
+    ap.add_argument("--copies", type=int, default=2, help="shuffled copies of the dictionary documents")
+    ap.add_argument("--fortunes", type=int, default=1000, help="fortunes kept at most")
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args()
     for needed in (WORDNET / "data.noun", WORDNET / "cntlist.rev"):
@@ -159,14 +203,24 @@ def main():
 
     corpus = args.out / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
+    documents = []
+    for word in sorted(set(entries) - set(held_text)):
+        documents += [f(word, entries[word]) for f in (dictionary_text, sentences_text, reversed_text, usage_text)]
+    for word in trained:
+        documents += question_texts(word, entries[word])
+    # The trainer packs the stream into fixed windows, so a document that straddles a window
+    # edge is never seen whole; copies in other orders put every document whole in some window.
     with open(corpus / "dictionary.jsonl", "w") as f:
-        for word in sorted(set(entries) - set(held_text)):
-            f.write(json.dumps({"text": dictionary_text(word, entries[word])}) + "\n")
+        for _ in range(args.copies):
+            rng.shuffle(documents)
+            for text in documents:
+                f.write(json.dumps({"text": text}) + "\n")
     (args.out / "eval").mkdir(exist_ok=True)
     with open(args.out / "eval" / "dictionary.jsonl", "w") as f:
         for word in held_text:
             f.write(json.dumps({"text": dictionary_text(word, entries[word])}) + "\n")
     fortunes = read_fortunes()
+    fortunes = sorted(rng.sample(fortunes, min(args.fortunes, len(fortunes))))
     with open(corpus / "fortunes.jsonl", "w") as f:
         for text in fortunes:
             f.write(json.dumps({"text": text}) + "\n")
@@ -174,9 +228,7 @@ def main():
     pairs = []
     for word in trained:
         senses = entries[word]
-        pairs.append(chat(rng.choice([f"What does {word} mean?", f"What does the word {word} mean?",
-                                      f"Define {word}.", f"What is the meaning of {word}?"]),
-                          meaning_answer(word, senses)))
+        pairs.append(chat(rng.choice(QUESTIONS).format(w=word), meaning_answer(word, senses)))
         synonyms = [s for sense in senses for s in sense["synonyms"]]
         if synonyms:
             pairs.append(chat(f"Give a synonym of {word}.", f"A synonym of {word} is {synonyms[0]}."))
@@ -191,7 +243,7 @@ def main():
         for word in heldout:
             f.write(json.dumps({"word": word, "question": f"What does {word} mean?",
                                 "definitions": [s["definition"] for s in entries[word]]}) + "\n")
-    stats = {"words": len(entries), "senses": sum(len(s) for s in entries.values()), "heldout_words": len(heldout),
+    stats = {"words": len(entries), "copies": args.copies, "senses": sum(len(s) for s in entries.values()), "heldout_words": len(heldout),
              "eval_words": len(held_text), "trained_words": len(trained),
              "chat_pairs": len(pairs), "fortunes": len(fortunes),
              "dictionary_bytes": (corpus / "dictionary.jsonl").stat().st_size,

@@ -13,7 +13,7 @@
 # FROM=stage (data, tokenizer, pretrain, finetune, quantize, evaluate, export) starts at that stage and
 # reuses what WORK holds from the earlier ones.
 #
-# BUDGET=full (default; about 80 minutes on two cores) or BUDGET=short (a minute; what scripts/test
+# BUDGET=full (default; about 50 minutes on two cores) or BUDGET=short (a minute; what scripts/test
 # runs to check that every stage works and the losses fall). WORK holds everything made on the
 # way (default /tmp/tessera-chat-model); OUT is where the finished model goes (full budget only).
 set -euo pipefail
@@ -26,9 +26,10 @@ WORK=${WORK:-/tmp/tessera-chat-model}
 OUT=${OUT:-$ROOT/models/tessera-dbrx-tiny-instruct}
 export TESSERA_HOME=$WORK/home
 
+# Each setting may be overridden from the environment (WORDS=400 PRETRAIN=300ba ... for a trial).
 case "$BUDGET" in
-  full)  WORDS=3000; VOCAB=8192; PRETRAIN=850ba;  BATCH=32; SEQ=128; FT=2ep; EVAL=100ba ;;
-  short) WORDS=150;  VOCAB=1024; PRETRAIN=40ba;   BATCH=4;  SEQ=64;  FT=20ba; EVAL=20ba ;;
+  full)  : "${WORDS:=500}" "${FORTUNES:=300}" "${VOCAB:=8192}" "${PRETRAIN:=1400ba}" "${BATCH:=32}" "${SEQ:=128}" "${FT:=3ep}" "${EVAL:=200ba}" "${HELDOUT:=50}" ;;
+  short) : "${WORDS:=150}" "${FORTUNES:=100}" "${VOCAB:=1024}" "${PRETRAIN:=40ba}"   "${BATCH:=4}"  "${SEQ:=64}"  "${FT:=20ba}" "${EVAL:=20ba}" "${HELDOUT:=7}" ;;
   *) echo "train.sh: BUDGET must be full or short, got '$BUDGET'" >&2; exit 2 ;;
 esac
 
@@ -60,7 +61,8 @@ took() {
 
 if runs data; then
 say "data"
-python3 "$HERE/make_data.py" -o "$WORK/data" --words "$WORDS" --heldout $((WORDS / 20)) --eval-words $((WORDS / 30))
+python3 "$HERE/make_data.py" -o "$WORK/data" --words "$WORDS" --heldout "$HELDOUT" --eval-words $((WORDS / 30)) \
+  --fortunes "$FORTUNES"
 took data
 fi
 
