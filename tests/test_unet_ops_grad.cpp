@@ -1,8 +1,9 @@
 // The UNet training ops (autograd/unet_ops.h): every op's output and the gradient of each of its
 // inputs and parameters against torch and diffusers in float64 (tests/fixtures/unet_ops_grad,
 // made by tools/golden/make_unet_ops_grad_golden.py), that a backward adds into the gradients
-// it is given, and one ResnetBlock2D and one BasicTransformerBlock composed from the ops against
-// the diffusers modules.
+// it is given, one ResnetBlock2D and one BasicTransformerBlock composed from the ops against
+// the diffusers modules, and that the forwards agree with the inference kernels a trained model
+// will run on.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -19,6 +20,7 @@
 #include "autograd/unet_ops.h"
 #include "core/rng.h"
 #include "formats/safetensors.h"
+#include "kernels/cpu/nn.h"
 #include "test_util.h"
 
 namespace tessera {
@@ -425,6 +427,86 @@ TEST(UnetOpsGrad, BackwardAddsIntoExistingGradients) {
   for (const char* op : {"conv2d", "group_norm", "layer_norm", "silu", "upsample", "linear", "geglu", "attention",
                          "mse", "resnet_block", "transformer_block"})
     EXPECT_GE(check_op(op, /*prefill=*/true), 1) << op;
+}
+
+// A model trained with these ops is served by src/models/diffusion, which runs its own kernels:
+// the two must compute the same function, at sizes past the kernels' blocking.
+TEST(UnetOpsGrad, ForwardsAgreeWithTheInferenceKernels) {
+  Rng rng(5);
+  auto random = [&](int64_t n, float scale = 1.0f) {
+    Buffer v(static_cast<size_t>(n));
+    for (auto& x : v) x = static_cast<float>(rng.normal()) * scale;
+    return v;
+  };
+  auto expect_close = [](const std::string& what, const Buffer& got, const Buffer& want, double tolerance) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    double max_ref = 0, max_err = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      max_ref = std::max(max_ref, std::fabs(static_cast<double>(want[i])));
+      max_err = std::max(max_err, std::fabs(static_cast<double>(got[i]) - want[i]));
+    }
+    EXPECT_LE(max_err, tolerance * max_ref) << what;
+  };
+
+  // Convolutions: the 3x3 same-size one and the stride-2 downsampler, two images.
+  for (const int64_t stride : {1, 2}) {
+    const ag::Conv2dShape s{2, 24, 19, 13, 40, 3, stride, 1};
+    kernels::Conv2dShape ks;
+    ks.in_channels = s.in_channels;
+    ks.out_channels = s.out_channels;
+    ks.stride = stride;
+    const Buffer x = random(s.batch * s.in_channels * s.height * s.width), w = random(40 * 24 * 9, 0.1f),
+                 b = random(40);
+    const int64_t out = s.out_channels * s.out_height() * s.out_width();
+    Buffer got(s.batch * out), want(got.size());
+    ag::conv2d_forward(s, x.data(), w.data(), b.data(), got.data());
+    for (int64_t i = 0; i < s.batch; ++i)
+      kernels::conv2d(x.data() + i * 24 * 19 * 13, s.height, s.width, ks, w.data(), b.data(), want.data() + i * out);
+    expect_close("conv2d stride " + std::to_string(stride), got, want, 1e-5);
+  }
+
+  {
+    const int64_t c = 64, hw = 300, groups = 32;
+    const Buffer x = random(c * hw, 2.0f), w = random(c), b = random(c);
+    Buffer got(x.size()), want = x, mean(groups), rstd(groups);
+    ag::group_norm_forward(x.data(), 1, c, hw, groups, w.data(), b.data(), 1e-5f, got.data(), mean.data(),
+                           rstd.data());
+    kernels::group_norm(want.data(), c, hw, groups, w.data(), b.data(), 1e-5f, /*silu=*/false);
+    expect_close("group_norm", got, want, 1e-5);
+    ag::silu_forward(got.data(), c * hw, got.data());
+    want = x;
+    kernels::group_norm(want.data(), c, hw, groups, w.data(), b.data(), 1e-5f, /*silu=*/true);
+    expect_close("group_norm + silu", got, want, 1e-5);
+  }
+
+  {
+    const int64_t rows = 37, d = 96;
+    const Buffer x = random(rows * d), w = random(d), b = random(d);
+    Buffer got(x.size()), want(x.size()), mean(rows), rstd(rows);
+    ag::layer_norm_affine_forward(x.data(), rows, d, w.data(), b.data(), 1e-5f, got.data(), mean.data(), rstd.data());
+    kernels::layer_norm_affine(x.data(), rows, d, w.data(), b.data(), 1e-5f, want.data());
+    expect_close("layer_norm", got, want, 1e-5);
+  }
+
+  {
+    const int64_t rows = 21, n = 77;  // n not a multiple of the kernel's vector width
+    const Buffer x = random(rows * 2 * n, 2.0f);
+    Buffer got(rows * n), want(rows * n);
+    ag::geglu_forward(x.data(), rows, n, got.data());
+    kernels::geglu(x.data(), rows, n, want.data());
+    expect_close("geglu", got, want, 1e-5);
+  }
+
+  // Self-attention over more queries than one block, and cross-attention to 77 text states.
+  for (const int64_t kv_len : {int64_t{150}, int64_t{77}}) {
+    const int64_t q_len = 150, heads = 4, hd = 16, inner = heads * hd;
+    const Buffer q = random(q_len * inner), k = random(kv_len * inner), v = random(kv_len * inner);
+    Buffer got(q_len * inner), want(q_len * inner);
+    ag::full_attention_forward({1, q_len, kv_len, heads, hd, inner, inner}, q.data(), k.data(), v.data(), got.data());
+    kernels::attention(q.data(), inner, k.data(), inner, v.data(), inner, q_len, kv_len, heads, hd,
+                       1.0f / std::sqrt(static_cast<float>(hd)), /*causal=*/false, want.data(), inner);
+    expect_close("attention over " + std::to_string(kv_len) + " keys", got, want, 1e-5);
+  }
 }
 
 TEST(UnetOpsGrad, ResnetBlockComposedFromTheOpsMatchesDiffusers) { EXPECT_EQ(check_op("resnet_block"), 1); }
