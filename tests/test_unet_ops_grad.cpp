@@ -379,12 +379,18 @@ void run_transformer_block(Run& r) {
 
 const std::map<std::string, std::function<void(Run&)>>& runners() {
   static const std::map<std::string, std::function<void(Run&)>> table = {
-      {"conv2d", run_conv2d},       {"group_norm", run_group_norm},
-      {"layer_norm", run_layer_norm}, {"silu", run_silu},
-      {"upsample", run_upsample},   {"linear", run_linear},
-      {"geglu", run_geglu},         {"attention", run_attention},
-      {"timestep", run_timestep},   {"mse", run_mse},
-      {"resnet_block", run_resnet_block}, {"transformer_block", run_transformer_block},
+      {"conv2d", run_conv2d},
+      {"group_norm", run_group_norm},
+      {"layer_norm", run_layer_norm},
+      {"silu", run_silu},
+      {"upsample", run_upsample},
+      {"linear", run_linear},
+      {"geglu", run_geglu},
+      {"attention", run_attention},
+      {"timestep", run_timestep},
+      {"mse", run_mse},
+      {"resnet_block", run_resnet_block},
+      {"transformer_block", run_transformer_block},
   };
   return table;
 }

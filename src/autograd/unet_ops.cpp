@@ -14,7 +14,9 @@ namespace tessera::autograd {
 namespace {
 
 // Items per parallel chunk so that each chunk holds at least ~16k elements of work.
-size_t grain_for(int64_t width) { return static_cast<size_t>(std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width))); }
+size_t grain_for(int64_t width) {
+  return static_cast<size_t>(std::max<int64_t>(1, 16384 / std::max<int64_t>(1, width)));
+}
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
