@@ -115,6 +115,7 @@ void layer_norm_backward(const float* dy, const float* x, int64_t rows, int64_t 
           sum_gx += static_cast<double>(g[i]) * xhat;
           dw[i] += gy[i] * xhat;
         }
+        if (!dx) continue;
         const float mean_g = static_cast<float>(sum_g / static_cast<double>(d));
         const float mean_gx = static_cast<float>(sum_gx / static_cast<double>(d));
         float* out = dx + r * d;

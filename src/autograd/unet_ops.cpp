@@ -252,46 +252,12 @@ void layer_norm_affine_forward(const float* x, int64_t rows, int64_t d, const fl
 
 void layer_norm_affine_backward(const float* dy, const float* x, int64_t rows, int64_t d, const float* weight,
                                 const float* mean, const float* rstd, float* dx, float* dweight, float* dbias) {
-  // dx as the bias-free LayerNorm's (the bias does not depend on x); dweight sums dy * xhat and
-  // dbias sums dy over rows, collected per chunk and added up serially.
-  const size_t chunk_rows = std::max<size_t>(grain_for(d), static_cast<size_t>(rows) / 64 + 1);
-  const size_t chunks = (static_cast<size_t>(rows) + chunk_rows - 1) / chunk_rows;
-  std::vector<float> partial_w(chunks * static_cast<size_t>(d), 0.0f), partial_b(partial_w.size(), 0.0f);
-  parallel_for(chunks, 1, [&](size_t cb, size_t ce) {
-    std::vector<float> g(static_cast<size_t>(d));
-    for (size_t c = cb; c < ce; ++c) {
-      float* dw = partial_w.data() + c * d;
-      float* db = partial_b.data() + c * d;
-      const size_t r_end = std::min<size_t>(static_cast<size_t>(rows), (c + 1) * chunk_rows);
-      for (size_t r = c * chunk_rows; r < r_end; ++r) {
-        const float* in = x + r * d;
-        const float* gy = dy + r * d;
-        const float m = mean[r], inv = rstd[r];
-        double sum_g = 0, sum_gx = 0;
-        for (int64_t i = 0; i < d; ++i) {
-          const float xhat = (in[i] - m) * inv;
-          g[i] = gy[i] * weight[i];
-          sum_g += g[i];
-          sum_gx += static_cast<double>(g[i]) * xhat;
-          dw[i] += gy[i] * xhat;
-          db[i] += gy[i];
-        }
-        if (!dx) continue;
-        const float mean_g = static_cast<float>(sum_g / static_cast<double>(d));
-        const float mean_gx = static_cast<float>(sum_gx / static_cast<double>(d));
-        float* out = dx + r * d;
-        for (int64_t i = 0; i < d; ++i) {
-          const float xhat = (in[i] - m) * inv;
-          out[i] += inv * (g[i] - mean_g - xhat * mean_gx);
-        }
-      }
-    }
-  });
-  for (size_t c = 0; c < chunks; ++c)
-    for (int64_t i = 0; i < d; ++i) {
-      if (dweight) dweight[i] += partial_w[c * d + i];
-      if (dbias) dbias[i] += partial_b[c * d + i];
-    }
+  // The bias does not depend on x, so dx and dweight are the bias-free LayerNorm's; dbias sums dy
+  // over rows.
+  layer_norm_backward(dy, x, rows, d, weight, mean, rstd, dx, dweight);
+  if (dbias)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < d; ++i) dbias[i] += dy[r * d + i];
 }
 
 void silu_forward(const float* x, int64_t n, float* y) {

@@ -121,28 +121,35 @@ DbrxTrainingModel DbrxTrainingModel::load(const std::filesystem::path& dir) {
   return model;
 }
 
-void DbrxTrainingModel::save(const std::filesystem::path& dir) const {
+void save_model_folder(const std::filesystem::path& dir, const std::string& weights_file,
+                       const std::vector<Parameter>& params, std::span<const float> values,
+                       const nlohmann::json& config) {
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) fail("{}: cannot create folder: {}", dir.string(), ec.message());
   std::vector<std::pair<std::string, Tensor>> tensors;
-  tensors.reserve(params_.size());
-  for (const auto& p : params_) {
+  tensors.reserve(params.size());
+  for (const auto& p : params) {
     Tensor t = Tensor::empty(p.shape);
-    std::copy_n(values_.data() + p.offset, p.size, t.data<float>());
+    std::copy_n(values.data() + p.offset, p.size, t.data<float>());
     tensors.emplace_back(p.name, std::move(t));
   }
-  write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
-  nlohmann::json cfg = config_.to_json();
-  cfg["torch_dtype"] = "float32";
+  write_safetensors(dir / weights_file, tensors, {{"format", "pt"}});
   const auto tmp = dir / "config.json.tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << cfg.dump(2) << "\n";
+    out << config.dump(2) << "\n";
     if (!out) fail("{}: cannot write", tmp.string());
   }
   std::filesystem::rename(tmp, dir / "config.json", ec);
   if (ec) fail("{}: cannot move into place: {}", (dir / "config.json").string(), ec.message());
+}
+
+void DbrxTrainingModel::save(const std::filesystem::path& dir) const {
+  nlohmann::json cfg = config_.to_json();
+  cfg["torch_dtype"] = "float32";
+  save_model_folder(dir, "model.safetensors", params_, values_, cfg);
+  std::error_code ec;
   bool copied = false;
   if (!tokenizer_source_.empty() && std::filesystem::is_directory(tokenizer_source_, ec)) {
     for (const auto& entry : std::filesystem::directory_iterator(tokenizer_source_, ec)) {

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "models/llm/dbrx_config.h"
@@ -32,6 +34,13 @@ struct Parameter {
   size_t size = 0;
   bool decay = true;  // weight decay applies (matrices), or not (norm weights)
 };
+
+// Writes a model folder as transformers and diffusers save one: every parameter's values (from a
+// flat buffer laid out by their offsets) as f32 under its name in dir/weights_file, and config as
+// dir/config.json, replaced atomically. Creates dir.
+void save_model_folder(const std::filesystem::path& dir, const std::string& weights_file,
+                       const std::vector<Parameter>& params, std::span<const float> values,
+                       const nlohmann::json& config);
 
 // Token ids of one micro-batch, each [rows, seq] row-major. A negative target is not counted.
 // With segment_starts, rows hold several packed examples: each token attends only to the tokens

@@ -533,25 +533,7 @@ UnetTrainingModel UnetTrainingModel::load(const std::filesystem::path& dir) {
 }
 
 void UnetTrainingModel::save(const std::filesystem::path& dir) const {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) fail("{}: cannot create folder: {}", dir.string(), ec.message());
-  std::vector<std::pair<std::string, Tensor>> tensors;
-  tensors.reserve(params_.size());
-  for (const auto& p : params_) {
-    Tensor t = Tensor::empty(p.shape);
-    std::copy_n(values_.data() + p.offset, p.size, t.data<float>());
-    tensors.emplace_back(p.name, std::move(t));
-  }
-  write_safetensors(dir / "diffusion_pytorch_model.safetensors", tensors, {{"format", "pt"}});
-  const auto tmp = dir / "config.json.tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << config_json(config_).dump(2) << "\n";
-    if (!out) fail("{}: cannot write", tmp.string());
-  }
-  std::filesystem::rename(tmp, dir / "config.json", ec);
-  if (ec) fail("{}: cannot move into place: {}", (dir / "config.json").string(), ec.message());
+  save_model_folder(dir, "diffusion_pytorch_model.safetensors", params_, values_, config_json(config_));
 }
 
 double UnetTrainingModel::loss(const UnetBatch& batch, bool backward, float loss_scale, float* dcontext,
