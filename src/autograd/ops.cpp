@@ -71,7 +71,7 @@ void embedding_backward(const int32_t* ids, int64_t n, const float* dy, int64_t 
 }
 
 void layer_norm_forward(const float* x, int64_t rows, int64_t d, const float* weight, float eps, float* y, float* mean,
-                        float* rstd) {
+                        float* rstd, const float* bias) {
   parallel_for(static_cast<size_t>(rows), row_grain(d), [&](size_t begin, size_t end) {
     for (size_t r = begin; r < end; ++r) {
       const float* in = x + r * d;
@@ -85,6 +85,8 @@ void layer_norm_forward(const float* x, int64_t rows, int64_t d, const float* we
       const float inv = static_cast<float>(1.0 / std::sqrt(var + eps));
       const float m = static_cast<float>(mu);
       for (int64_t i = 0; i < d; ++i) out[i] = (in[i] - m) * inv * weight[i];
+      if (bias)
+        for (int64_t i = 0; i < d; ++i) out[i] += bias[i];
       mean[r] = m;
       rstd[r] = inv;
     }

@@ -27,9 +27,10 @@ void linear_backward(const float* dy, const float* x, int64_t n, int64_t k, cons
 void embedding_forward(const int32_t* ids, int64_t n, const float* table, int64_t d, float* y);
 void embedding_backward(const int32_t* ids, int64_t n, const float* dy, int64_t d, float* dtable);
 
-// LayerNorm without bias over rows of width d. Saves each row's mean and 1/std for the backward.
+// LayerNorm over rows of width d, without bias unless one is given. Saves each row's mean and
+// 1/std for the backward.
 void layer_norm_forward(const float* x, int64_t rows, int64_t d, const float* weight, float eps, float* y, float* mean,
-                        float* rstd);
+                        float* rstd, const float* bias = nullptr);
 // dx may be null (only the weight's gradient is wanted).
 void layer_norm_backward(const float* dy, const float* x, int64_t rows, int64_t d, const float* weight,
                          const float* mean, const float* rstd, float* dx, float* dweight);

@@ -231,23 +231,7 @@ void group_norm_backward(const float* dy, const float* x, int64_t batch, int64_t
 
 void layer_norm_affine_forward(const float* x, int64_t rows, int64_t d, const float* weight, const float* bias,
                                float eps, float* y, float* mean, float* rstd) {
-  parallel_for(static_cast<size_t>(rows), grain_for(d), [&](size_t begin, size_t end) {
-    for (size_t r = begin; r < end; ++r) {
-      const float* in = x + r * d;
-      float* out = y + r * d;
-      double sum = 0;
-      for (int64_t i = 0; i < d; ++i) sum += in[i];
-      const double mu = sum / static_cast<double>(d);
-      double var = 0;
-      for (int64_t i = 0; i < d; ++i) var += (in[i] - mu) * (in[i] - mu);
-      var /= static_cast<double>(d);
-      const float inv = static_cast<float>(1.0 / std::sqrt(var + eps));
-      const float m = static_cast<float>(mu);
-      for (int64_t i = 0; i < d; ++i) out[i] = (in[i] - m) * inv * weight[i] + bias[i];
-      mean[r] = m;
-      rstd[r] = inv;
-    }
-  });
+  layer_norm_forward(x, rows, d, weight, eps, y, mean, rstd, bias);
 }
 
 void layer_norm_affine_backward(const float* dy, const float* x, int64_t rows, int64_t d, const float* weight,
