@@ -392,17 +392,7 @@ constexpr int64_t kQueryRows = 64;
 void full_block_probs(const float* q, int64_t ldq, const float* k, int64_t ldkv, int64_t rows, int64_t kv_len,
                       int64_t hd, float scale, float* p) {
   gemm(false, true, rows, kv_len, hd, scale, q, ldq, k, ldkv, 0.0f, p, kv_len);
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = p + r * kv_len;
-    const float mx = *std::max_element(row, row + kv_len);
-    double sum = 0;
-    for (int64_t j = 0; j < kv_len; ++j) {
-      row[j] = std::exp(row[j] - mx);
-      sum += row[j];
-    }
-    const float inv = static_cast<float>(1.0 / sum);
-    for (int64_t j = 0; j < kv_len; ++j) row[j] *= inv;
-  }
+  softmax_forward(p, rows, kv_len, p);  // in place: each row's max is taken before it is overwritten
 }
 
 }  // namespace
