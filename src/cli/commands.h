@@ -22,5 +22,6 @@ void register_runs(CLI::App& app);
 // After register_runs: adds `runs resume` to it.
 void register_train(CLI::App& app);
 void register_finetune(CLI::App& app);
+void register_train_image(CLI::App& app);
 
 }  // namespace tessera::cli

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   tessera::cli::register_runs(app);
   tessera::cli::register_train(app);
   tessera::cli::register_finetune(app);
+  tessera::cli::register_train_image(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

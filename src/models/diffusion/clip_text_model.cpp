@@ -22,7 +22,9 @@ ClipTextConfig ClipTextConfig::load(const std::filesystem::path& path) {
   c.vocab_size = j.positive("vocab_size", c.vocab_size);
   c.hidden_size = j.positive("hidden_size", c.hidden_size);
   c.intermediate_size = j.positive("intermediate_size", c.intermediate_size);
-  c.num_layers = j.positive("num_hidden_layers", c.num_layers);
+  // No layers at all is a valid (if small) encoder: the final LayerNorm of the embeddings.
+  c.num_layers = j.integer("num_hidden_layers", c.num_layers);
+  if (c.num_layers < 0) fail("{}: num_hidden_layers must not be negative (got {})", path.string(), c.num_layers);
   c.num_heads = j.positive("num_attention_heads", c.num_heads);
   c.max_positions = j.positive("max_position_embeddings", c.max_positions);
   c.hidden_act = j.string("hidden_act", c.hidden_act);
@@ -95,6 +97,7 @@ ClipTextOutput ClipTextModel::encode(const std::vector<int32_t>& ids) const {
   std::vector<float> mlp(static_cast<size_t>(n * f));
   const int64_t head_dim = d / c.num_heads;
   ClipTextOutput out;
+  if (layers_.empty()) out.penultimate = x.clone();
   for (size_t li = 0; li < layers_.size(); ++li) {
     const Layer& l = layers_[li];
     if (li + 1 == layers_.size()) out.penultimate = x.clone();

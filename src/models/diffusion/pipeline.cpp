@@ -25,7 +25,7 @@ struct DiffusionPipeline::Parts {
   std::vector<ClipTokenizer> tokenizers;
   std::vector<ClipTextModel> encoders;
   std::unique_ptr<UNet> unet;
-  std::unique_ptr<Vae> vae;
+  std::unique_ptr<Vae> vae;  // null: a pixel-space model, whose UNet denoises the RGB image itself
   SchedulerConfig scheduler;
   SamplerKind default_sampler = SamplerKind::DpmppTwoM;
   bool force_zeros_for_empty_prompt = true;
@@ -44,6 +44,43 @@ SamplerKind sampler_for_class(const std::string& cls, const nlohmann::json& conf
 
 void require_folder(const fs::path& dir) {
   if (!fs::is_directory(dir)) fail("{}: component folder is missing", dir.string());
+}
+
+// A diffusers index marks a component the pipeline goes without as null or [null, null].
+bool index_names_component(const JsonConfig& index, const std::string& name) {
+  if (!index.has(name)) return false;
+  const auto& entry = index.json()[name];
+  return !(entry.is_array() && std::all_of(entry.begin(), entry.end(), [](const auto& v) { return v.is_null(); }));
+}
+
+// Bilinear resize by an integer factor with half-pixel centres (torch's interpolate with
+// align_corners=False), edges clamped.
+FeatureMap upscale_bilinear(const FeatureMap& in, int64_t factor) {
+  FeatureMap out(in.channels, in.height * factor, in.width * factor);
+  const auto source = [factor](int64_t o, int64_t size, int64_t& i0, int64_t& i1, float& frac) {
+    const float s = std::max(0.0f, (static_cast<float>(o) + 0.5f) / static_cast<float>(factor) - 0.5f);
+    i0 = std::min<int64_t>(static_cast<int64_t>(s), size - 1);
+    i1 = std::min<int64_t>(i0 + 1, size - 1);
+    frac = s - static_cast<float>(i0);
+  };
+  for (int64_t c = 0; c < in.channels; ++c) {
+    const float* src = in.data.data() + c * in.pixels();
+    float* dst = out.plane(c);
+    for (int64_t y = 0; y < out.height; ++y) {
+      int64_t y0, y1;
+      float fy;
+      source(y, in.height, y0, y1, fy);
+      for (int64_t x = 0; x < out.width; ++x) {
+        int64_t x0, x1;
+        float fx;
+        source(x, in.width, x0, x1, fx);
+        const float top = src[y0 * in.width + x0] * (1 - fx) + src[y0 * in.width + x1] * fx;
+        const float bottom = src[y1 * in.width + x0] * (1 - fx) + src[y1 * in.width + x1] * fx;
+        dst[y * out.width + x] = top * (1 - fy) + bottom * fy;
+      }
+    }
+  }
+  return out;
 }
 
 fs::path installed_clip_vocab() {
@@ -87,7 +124,10 @@ std::unique_ptr<DiffusionPipeline> DiffusionPipeline::load(const fs::path& path,
   } else {
     const JsonConfig index(path / "model_index.json");
     parts->name = path.filename().string();
-    for (const char* part : {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}) require_folder(path / part);
+    // Without a VAE (none named in the index and no vae/ folder) the model works in pixel space.
+    const bool pixel_space = !index_names_component(index, "vae") && !fs::exists(path / "vae");
+    for (const char* part : {"unet", "text_encoder", "tokenizer", "scheduler"}) require_folder(path / part);
+    if (!pixel_space) require_folder(path / "vae");
     const bool sdxl = fs::exists(path / "text_encoder_2") || index.has("text_encoder_2");
     parts->force_zeros_for_empty_prompt = index.boolean("force_zeros_for_empty_prompt", sdxl);
     parts->tokenizers.push_back(ClipTokenizer::load_dir(path / "tokenizer"));
@@ -99,7 +139,7 @@ std::unique_ptr<DiffusionPipeline> DiffusionPipeline::load(const fs::path& path,
       parts->encoders.push_back(ClipTextModel::load(path / "text_encoder_2"));
     }
     parts->unet = UNet::load(path / "unet");
-    parts->vae = Vae::load(path / "vae");
+    if (!pixel_space) parts->vae = Vae::load(path / "vae");
     const JsonConfig sched(path / "scheduler" / "scheduler_config.json");
     parts->scheduler = SchedulerConfig::from_json(sched.json(), sched.origin());
     parts->default_sampler = sampler_for_class(sched.string("_class_name", ""), sched.json());
@@ -117,7 +157,10 @@ std::unique_ptr<DiffusionPipeline> DiffusionPipeline::load(const fs::path& path,
          parts->encoders.size(), uc.text_time_embedding ? "with" : "without");
   if (sdxl && parts->encoders[1].config().projection_dim != uc.projection_class_embeddings_input_dim - 6 * uc.addition_time_embed_dim)
     fail("{}: text_encoder_2's projection does not fit the UNet's added embedding", path.string());
-  if (parts->vae->config().latent_channels != uc.in_channels || uc.out_channels != uc.in_channels)
+  if (!parts->vae && (uc.in_channels != 3 || uc.out_channels != 3))
+    fail("{}: a pixel-space model (no VAE) needs a UNet with 3 in and 3 out channels, not {} / {}", path.string(),
+         uc.in_channels, uc.out_channels);
+  if (parts->vae && (parts->vae->config().latent_channels != uc.in_channels || uc.out_channels != uc.in_channels))
     fail("{}: the VAE's {} latent channels do not fit the UNet's {} in / {} out", path.string(),
          parts->vae->config().latent_channels, uc.in_channels, uc.out_channels);
   pipe->parts_ = std::move(parts);
@@ -125,7 +168,15 @@ std::unique_ptr<DiffusionPipeline> DiffusionPipeline::load(const fs::path& path,
 }
 
 bool DiffusionPipeline::is_sdxl() const { return parts_->encoders.size() == 2; }
-int64_t DiffusionPipeline::vae_scale_factor() const { return parts_->vae->config().scale_factor(); }
+bool DiffusionPipeline::is_pixel_space() const { return !parts_->vae; }
+int64_t DiffusionPipeline::vae_scale_factor() const { return parts_->vae ? parts_->vae->config().scale_factor() : 1; }
+
+int64_t DiffusionPipeline::upscale_factor(int64_t width, int64_t height) const {
+  if (!is_pixel_space()) return 1;
+  int64_t u = 1;
+  while (width % (16 * u) == 0 && height % (16 * u) == 0 && std::max(width, height) / (2 * u) >= native_size()) u *= 2;
+  return u;
+}
 int64_t DiffusionPipeline::native_size() const { return parts_->unet->config().sample_size * vae_scale_factor(); }
 std::string DiffusionPipeline::name() const { return parts_->name; }
 
@@ -134,16 +185,18 @@ void DiffusionPipeline::validate(const ImageRequest& r) const {
   const int64_t f = vae_scale_factor();
   if (w % 8 != 0 || h % 8 != 0 || w % f != 0 || h % f != 0)
     fail("size {}x{}: width and height must be multiples of {}", w, h, std::max<int64_t>(8, f));
-  if (w < 32 || h < 32 || w > max_side() || h > max_side())
-    fail("size {}x{}: each side must be between 32 and {} pixels", w, h, max_side());
+  const int64_t min_side = std::min<int64_t>(32, native_size());  // tiny models draw tiny pictures
+  if (w < min_side || h < min_side || w > max_side() || h > max_side())
+    fail("size {}x{}: each side must be between {} and {} pixels", w, h, min_side, max_side());
   if (r.steps < 1 || r.steps > 1000) fail("steps must be between 1 and 1000 (got {})", r.steps);
   if (r.guidance && (!std::isfinite(*r.guidance) || *r.guidance < 0 || *r.guidance > 50))
     fail("guidance must be between 0 and 50 (got {})", *r.guidance);
   if (r.init_latents) {
     const auto& l = *r.init_latents;
-    if (l.channels != parts_->unet->config().in_channels || l.height != h / f || l.width != w / f)
+    const int64_t g = f * upscale_factor(w, h);
+    if (l.channels != parts_->unet->config().in_channels || l.height != h / g || l.width != w / g)
       fail("initial latents are {}x{}x{}; a {}x{} image needs {}x{}x{}", l.channels, l.height, l.width, w, h,
-           parts_->unet->config().in_channels, h / f, w / f);
+           parts_->unet->config().in_channels, h / g, w / g);
   }
 }
 
@@ -203,8 +256,13 @@ ImageResult DiffusionPipeline::generate(const ImageRequest& r,
 
   result.text_seconds = seconds_since(phase);
   phase = Clock::now();
-  const int64_t f = vae_scale_factor();
+  // A pixel-space model draws at about its native size and the image is upscaled to the request.
+  const int64_t upscale = upscale_factor(result.width, result.height);
+  const int64_t f = vae_scale_factor() * upscale;
   const int64_t lh = result.height / f, lw = result.width / f;
+  if (upscale > 1)
+    result.warnings.push_back(fmt::format("drawn at {}x{}, this model's native scale, and upscaled {}x to {}x{}", lw,
+                                          lh, upscale, result.width, result.height));
   const int64_t channels = p.unet->config().in_channels;
   Rng rng(r.seed);
   FeatureMap latents(channels, lh, lw);
@@ -225,7 +283,7 @@ ImageResult DiffusionPipeline::generate(const ImageRequest& r,
   const float sigma0 = scheduler->init_noise_sigma();
   for (float& v : latents.data) v *= sigma0;
   const int64_t n = static_cast<int64_t>(latents.data.size());
-  const float h = static_cast<float>(result.height), w = static_cast<float>(result.width);
+  const float h = static_cast<float>(result.height), w = static_cast<float>(result.width);  // SDXL's time ids
   const float time_ids[6] = {h, w, 0.0f, 0.0f, h, w};
   const auto& timesteps = scheduler->timesteps();
   const int64_t total = static_cast<int64_t>(timesteps.size());
@@ -249,11 +307,15 @@ ImageResult DiffusionPipeline::generate(const ImageRequest& r,
 
   result.denoise_seconds = seconds_since(phase);
   phase = Clock::now();
-  const auto& vc = p.vae->config();
-  for (float& v : latents.data) v = v / vc.scaling_factor + vc.shift_factor.value_or(0.0f);
-  const int64_t tile = std::max<int64_t>(8, vc.sample_size / f);
-  const FeatureMap image = r.vae_tiling && (lh > tile || lw > tile) ? p.vae->decode_tiled(latents, tile)
-                                                                       : p.vae->decode(latents);
+  FeatureMap image;
+  if (p.vae) {
+    const auto& vc = p.vae->config();
+    for (float& v : latents.data) v = v / vc.scaling_factor + vc.shift_factor.value_or(0.0f);
+    const int64_t tile = std::max<int64_t>(8, vc.sample_size / f);
+    image = r.vae_tiling && (lh > tile || lw > tile) ? p.vae->decode_tiled(latents, tile) : p.vae->decode(latents);
+  } else {
+    image = upscale > 1 ? upscale_bilinear(latents, upscale) : std::move(latents);
+  }
   result.vae_seconds = seconds_since(phase);
   const int64_t pixels = image.pixels();
   result.pixels.resize(static_cast<size_t>(pixels * 3));

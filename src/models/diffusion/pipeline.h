@@ -2,7 +2,8 @@
 // Text to image: CLIP tokenizer(s) and text encoder(s), the UNet denoising loop under
 // classifier-free guidance (the negative prompt is the unconditional branch) driven by a
 // scheduler, and the VAE decoder. Loads a diffusers pipeline folder (model_index.json, unet/,
-// vae/, text_encoder/, tokenizer/, scheduler/, and text_encoder_2/ + tokenizer_2/ for SDXL)
+// vae/, text_encoder/, tokenizer/, scheduler/, and text_encoder_2/ + tokenizer_2/ for SDXL;
+// without vae/, and none named in model_index.json, a pixel-space model)
 // or a single-file checkpoint in the original Stable Diffusion naming.
 #include <cstdint>
 #include <filesystem>
@@ -53,7 +54,11 @@ class DiffusionPipeline {
 
   bool is_sdxl() const;
   int64_t native_size() const;     // pixels per side the model was trained at
-  int64_t vae_scale_factor() const;
+  int64_t vae_scale_factor() const;  // 1 for a pixel-space model
+  // A pixel-space model (no VAE: the UNet denoises RGB) draws a large request at about its
+  // native size and upscales it by this power of two; 1 for latent models and small sizes.
+  bool is_pixel_space() const;
+  int64_t upscale_factor(int64_t width, int64_t height) const;
   int64_t max_side() const { return 2048; }
   std::string name() const;
 
