@@ -56,6 +56,8 @@ void register_train_image(CLI::App& app) {
   cmd->add_option("--min-lr-ratio", t.min_lr_ratio, "Final learning rate as a share of --lr")->capture_default_str();
   cmd->add_option("--weight-decay", t.weight_decay, "AdamW weight decay")->capture_default_str();
   cmd->add_option("--max-grad-norm", t.max_grad_norm, "Gradient clipping (0: none)")->capture_default_str();
+  cmd->add_option("--prediction", t.prediction, "What the UNet predicts: epsilon (the noise) or v")
+      ->capture_default_str();
   cmd->add_option("--caption-dropout", t.caption_dropout, "Share of captions trained as empty (for guidance)")
       ->capture_default_str();
   cmd->add_option("--ema-decay", t.ema_decay, "Decay of the weight average that is saved")->capture_default_str();

@@ -17,8 +17,9 @@ namespace {
 // The default chat model scripts/setup installs and the folder an image model is installed to.
 constexpr const char* kDefaultChatModel = "smollm2-135m-instruct";
 constexpr const char* kDefaultImageModel = "imageai";
-// tessera's own tiny DBRX chat model (tools/chat_model), committed under models/.
+// tessera's own tiny models (tools/chat_model, tools/image_model), committed under models/.
 constexpr const char* kOwnChatModel = "tessera-dbrx-tiny-instruct";
+constexpr const char* kOwnImageModel = "tessera-imageai-tiny";
 
 struct Reader {
   std::string file;
@@ -219,6 +220,14 @@ ServerConfig ServerConfig::defaults() {
     image.model = kDefaultImageModel;
     image.prices.input_per_million = image.prices.output_per_million = 0;
     c.endpoints.push_back(image);
+  }
+  if (std::filesystem::exists(models_dir() / kOwnImageModel)) {
+    EndpointConfig own;
+    own.name = kOwnImageModel;
+    own.kind = EndpointKind::Image;
+    own.model = kOwnImageModel;
+    own.prices.input_per_million = own.prices.output_per_million = 0;
+    c.endpoints.push_back(own);
   }
   return c;
 }

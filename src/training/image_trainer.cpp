@@ -218,13 +218,13 @@ json unet_config(const ImageTrainOptions& o) {
           {"use_linear_projection", false}};
 }
 
-json scheduler_config() {
+json scheduler_config(const ImageTrainOptions& o) {
   return {{"_class_name", "DDIMScheduler"},
           {"num_train_timesteps", kTrainTimesteps},
           {"beta_start", kBetaStart},
           {"beta_end", kBetaEnd},
           {"beta_schedule", "linear"},
-          {"prediction_type", "epsilon"},
+          {"prediction_type", o.prediction == "v" ? "v_prediction" : "epsilon"},
           {"clip_sample", true},
           {"clip_sample_range", 1.0},
           {"set_alpha_to_one", false},
@@ -247,14 +247,18 @@ std::string duration(double seconds) {
 }
 
 void check_options(const ImageTrainOptions& o) {
-  if (o.size < 8 || o.size % (int64_t{1} << (o.channels.size() - 1)) != 0)
-    fail("--size {}: must be at least 8 and divisible by 2 per downsampling level", o.size);
   if (o.channels.empty() || o.channels.size() != o.attention.size())
     fail("--channels and --attention need one entry per UNet level ({} and {} given)", o.channels.size(),
          o.attention.size());
+  if (o.channels.size() > 6) fail("--channels: at most 6 UNet levels");
+  for (int64_t c : o.channels)
+    if (c < 1) fail("--channels: every level needs a positive number of channels");
+  if (o.size < 8 || o.size % (int64_t{1} << (o.channels.size() - 1)) != 0)
+    fail("--size {}: must be at least 8 and divisible by 2 per downsampling level", o.size);
   if (o.steps < 1 || o.batch < 1) fail("--steps and --batch must be positive");
   if (o.warmup < 0 || o.warmup >= o.steps) fail("--warmup must be between 0 and --steps - 1");
   if (!(o.lr > 0) || !(o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1)) fail("--lr must be positive, --min-lr-ratio in [0, 1]");
+  if (o.prediction != "epsilon" && o.prediction != "v") fail("--prediction '{}': epsilon or v", o.prediction);
   if (!(o.caption_dropout >= 0 && o.caption_dropout < 1)) fail("--caption-dropout must be in [0, 1)");
   if (!(o.ema_decay >= 0 && o.ema_decay < 1)) fail("--ema-decay must be in [0, 1)");
   if (o.text_dim < 8 || o.head_channels < 1 || o.layers_per_block < 1 || o.norm_groups < 1)
@@ -281,7 +285,7 @@ void train_image_model(const ImageTrainOptions& o) {
   const int64_t positions = tokenizer.max_length();
   const std::vector<int32_t> empty_ids = tokenizer.encode_padded("", positions).ids;
 
-  // Held out: the first few of each category in a seeded order (at most a tenth of it).
+  // Held out: the first few of each category in a seeded order (at most half of it).
   std::map<std::string, std::vector<size_t>> by_category;
   for (size_t i = 0; i < pictures.size(); ++i) by_category[pictures[i].category].push_back(i);
   std::vector<size_t> heldout, train;
@@ -290,7 +294,7 @@ void train_image_model(const ImageTrainOptions& o) {
   for (auto& [category, members] : by_category) {
     std::vector<size_t> order = members;
     for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[split_rng.below(i)]);
-    const size_t take = std::min<size_t>(static_cast<size_t>(o.heldout_per_category), order.size() / 10);
+    const size_t take = std::min<size_t>(static_cast<size_t>(o.heldout_per_category), order.size() / 2);
     for (size_t i = 0; i < take; ++i) is_heldout[order[i]] = true;
   }
   for (size_t i = 0; i < pictures.size(); ++i) (is_heldout[i] ? heldout : train).push_back(i);
@@ -328,7 +332,8 @@ void train_image_model(const ImageTrainOptions& o) {
   }
 
   const int64_t pixels = 3 * o.size * o.size, d = o.text_dim;
-  std::vector<float> clean, noisy, noise, timesteps, context, dcontext;
+  const bool v_target = o.prediction == "v";
+  std::vector<float> clean, noisy, noise, target, timesteps, context, dcontext;
   std::vector<int32_t> ids;
   // Fills the buffers for the pictures `which` at timesteps `ts`, noise drawn from `rng`.
   const auto make_batch = [&](const std::vector<size_t>& which, const std::vector<int64_t>& ts,
@@ -337,6 +342,7 @@ void train_image_model(const ImageTrainOptions& o) {
     clean.resize(static_cast<size_t>(b * pixels));
     noisy.resize(clean.size());
     noise.resize(clean.size());
+    target.resize(clean.size());
     timesteps.resize(static_cast<size_t>(b));
     ids.resize(static_cast<size_t>(b * positions));
     for (int64_t i = 0; i < b; ++i) {
@@ -347,6 +353,8 @@ void train_image_model(const ImageTrainOptions& o) {
         const float n = static_cast<float>(rng.normal());
         noise[i * pixels + j] = n;
         noisy[i * pixels + j] = static_cast<float>(a * clean[i * pixels + j] + s * n);
+        // v = sqrt(abar) noise - sqrt(1 - abar) x_0 (diffusers' v_prediction)
+        target[i * pixels + j] = v_target ? static_cast<float>(a * n - s * clean[i * pixels + j]) : n;
       }
       timesteps[i] = static_cast<float>(ts[i]);
       const auto& src = drop[i] ? empty_ids : p.ids;
@@ -358,7 +366,7 @@ void train_image_model(const ImageTrainOptions& o) {
     batch.sample = noisy.data();
     batch.timesteps = timesteps.data();
     batch.context = context.data();
-    batch.target = noise.data();
+    batch.target = target.data();
     batch.batch = b;
     batch.height = batch.width = o.size;
     batch.context_len = positions;
@@ -412,7 +420,7 @@ void train_image_model(const ImageTrainOptions& o) {
   for (const auto& entry : fs::directory_iterator(o.tokenizer))
     if (entry.is_regular_file()) fs::copy_file(entry.path(), o.out / "tokenizer" / entry.path().filename(),
                                                fs::copy_options::overwrite_existing);
-  write_json(o.out / "scheduler" / "scheduler_config.json", scheduler_config());
+  write_json(o.out / "scheduler" / "scheduler_config.json", scheduler_config(o));
   write_json(o.out / "model_index.json", {{"_class_name", "StableDiffusionPipeline"},
                                           {"unet", {"diffusers", "UNet2DConditionModel"}},
                                           {"text_encoder", {"transformers", "CLIPTextModel"}},
@@ -529,6 +537,7 @@ void train_image_model(const ImageTrainOptions& o) {
                   {"weight_decay", o.weight_decay},
                   {"max_grad_norm", o.max_grad_norm},
                   {"caption_dropout", o.caption_dropout},
+                  {"prediction", o.prediction},
                   {"ema_decay", o.ema_decay},
                   {"category_balance", o.category_balance},
                   {"heldout_per_category", o.heldout_per_category},

@@ -7,7 +7,7 @@
 //   text_encoder/   a CLIPTextModel without transformer layers: token + position embeddings and
 //                   the final LayerNorm, trained with the UNet through its cross-attention
 //   unet/           a UNet2DConditionModel working on the RGB pixels (no VAE), predicting the
-//                   noise (epsilon) of DDPM's linear beta schedule
+//                   noise (epsilon) or v of DDPM's linear beta schedule
 //   scheduler/      DDIM over the same schedule, clipping the predicted image to [-1, 1]
 //   model_index.json (vae: [null, null]), training.json (settings, data, timings, held-out
 //   losses) and train_log.jsonl (one line per logged step and per evaluation)
@@ -75,6 +75,7 @@ struct ImageTrainOptions {
   int64_t text_dim = 128;      // text encoder width = the UNet's cross_attention_dim
   int64_t steps = 3000, batch = 16, warmup = 200;
   double lr = 5e-4, min_lr_ratio = 0.1, weight_decay = 0.01, max_grad_norm = 1.0;
+  std::string prediction = "epsilon";  // what the UNet predicts: "epsilon" (the noise) or "v"
   double caption_dropout = 0.1;  // share of captions replaced by "" (for classifier-free guidance)
   double ema_decay = 0.999;
   double category_balance = 0.5;  // sampling weight of an image: (images in its category)^-this

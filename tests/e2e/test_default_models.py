@@ -1,7 +1,10 @@
 """The server scripts/run starts (`tessera serve` without a config) serves the installed default
 models, among them tessera's own chat model (models/tessera-dbrx-tiny-instruct, in git), which
 answers the held-out dictionary questions of its model card through /v1/chat/completions as
-its recorded evaluation says."""
+its recorded evaluation says, and tessera's own image model (models/tessera-imageai-tiny, in
+git), which draws the product sizes through /v1/images/generations as `tessera image` does."""
+import base64
+import io
 import json
 import os
 import subprocess
@@ -11,15 +14,15 @@ import time
 import pytest
 import requests
 from openai import OpenAI
+from PIL import Image
 
 from conftest import ROOT, CHAT_MODEL, free_port
 
 OWN = ROOT / "models" / "tessera-dbrx-tiny-instruct"
+OWN_IMAGE = ROOT / "models" / "tessera-imageai-tiny"
 sys.path.insert(0, str(ROOT / "tools" / "chat_model"))
 from evaluate import correct  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not (OWN / "eval.json").exists(),
-                                reason="models/tessera-dbrx-tiny-instruct is not there (tools/chat_model/train.sh makes it)")
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,8 @@ def default_server(tessera_bin, tmp_path_factory):
     log.close()
 
 
+@pytest.mark.skipif(not (OWN / "eval.json").exists(),
+                    reason="models/tessera-dbrx-tiny-instruct is not there (tools/chat_model/train.sh makes it)")
 def test_tessera_own_chat_model_is_served_and_answers_as_evaluated(default_server):
     url, token = default_server
     client = OpenAI(base_url=url + "/v1", api_key=token, max_retries=0)
@@ -72,3 +77,25 @@ def test_tessera_own_chat_model_is_served_and_answers_as_evaluated(default_serve
     # Greedy decoding on the same weights: the server's batched path gives the recorded answers.
     assert same >= 0.9 * n
     assert right / n >= recorded["accuracy"] - 0.1
+
+
+@pytest.mark.skipif(not (OWN_IMAGE / "eval.json").exists(),
+                    reason="models/tessera-imageai-tiny is not there (tools/image_model/train.sh makes it)")
+def test_tessera_own_image_model_draws_the_product_sizes_as_the_cli_does(default_server, tessera_bin, tmp_path):
+    url, token = default_server
+    client = OpenAI(base_url=url + "/v1", api_key=token, max_retries=0)
+    assert "tessera-imageai-tiny" in {m.id for m in client.models.list().data}
+    prompt = "flag: France"
+    for size in ("1024x1024", "1280x768", "768x1280"):
+        reply = client.images.generate(model="tessera-imageai-tiny", prompt=prompt, size=size,
+                                       response_format="b64_json", extra_body={"seed": 5, "steps": 8})
+        served = Image.open(io.BytesIO(base64.b64decode(reply.data[0].b64_json))).convert("RGB")
+        width, height = map(int, size.split("x"))
+        assert served.size == (width, height)
+        # Drawn at the native scale (64x64, 80x48, 48x80) and upscaled: the CLI draws the same.
+        out = tmp_path / f"{size}.png"
+        done = subprocess.run([str(tessera_bin), "image", "-m", str(OWN_IMAGE), "-p", prompt, "-s", "5", "--steps", "8",
+                               "--size", size, "-o", str(out)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert "upscaled 16x" in done.stderr, done.stderr
+        assert served.tobytes() == Image.open(out).convert("RGB").tobytes(), size

@@ -4,8 +4,8 @@
 The pipeline is laid out as `tessera train-image` writes its models (tessera-imageai-tiny): no
 VAE (model_index.json has "vae": [null, null]), a UNet with 3 in and 3 out channels denoising the
 RGB pixels, a CLIPTextModel without transformer layers (embeddings and the final LayerNorm),
-a CLIP tokenizer cut to its first merges, and DDIM over DDPM's linear betas with the predicted
-image clipped to [-1, 1] and trailing timesteps.
+a CLIP tokenizer cut to its first merges, and DDIM over DDPM's linear betas with v-prediction,
+the predicted image clipped to [-1, 1] and trailing timesteps.
 
 The reference run is diffusers' own StableDiffusionPipeline given vae=None: with
 output_type="latent" it returns the denoised sample without decoding, which for this model is
@@ -68,11 +68,16 @@ def make_pipeline(out: str, bpe_gz: str) -> StableDiffusionPipeline:
         cross_attention_dim=16, attention_head_dim=(1, 2, 2), norm_num_groups=4,
     ).eval()
     randomize(unet, 6)
-    sched = DDIMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True,
-                          clip_sample_range=1.0, set_alpha_to_one=False, steps_offset=0, prediction_type="epsilon",
-                          timestep_spacing="trailing")
-    pipe = StableDiffusionPipeline(vae=None, text_encoder=te, tokenizer=tok, unet=unet, scheduler=sched,
+    def scheduler():
+        return DDIMScheduler(beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True,
+                             clip_sample_range=1.0, set_alpha_to_one=False, steps_offset=0,
+                             prediction_type="v_prediction", timestep_spacing="trailing")
+
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=te, tokenizer=tok, unet=unet, scheduler=scheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    # The pipeline turns clip_sample off (in place), as latent models want; a pixel-space model keeps it.
+    pipe.register_modules(scheduler=scheduler())
+    assert pipe.scheduler.config.clip_sample
     pipe.vae_scale_factor = 1
     return pipe
 
