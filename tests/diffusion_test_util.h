@@ -6,8 +6,12 @@
 #include <cstdint>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "core/tensor.h"
+#include "formats/safetensors.h"
 #include "models/diffusion/blocks.h"
+#include "models/diffusion/pipeline.h"
 
 namespace tessera::diffusion::testing {
 
@@ -35,6 +39,20 @@ inline std::vector<int32_t> ids_of(const Tensor& t) {
   const auto* p = t.data<int64_t>();
   for (int64_t i = 0; i < t.numel(); ++i) ids.push_back(static_cast<int32_t>(p[i]));
   return ids;
+}
+
+// A golden.json case (prompt, negative prompt, size, steps, guidance) as a request starting from
+// the golden's recorded latents (`key` + "latents").
+inline ImageRequest golden_request(const nlohmann::json& c, const SafetensorsFile& golden, const std::string& key) {
+  ImageRequest r;
+  r.prompt = c["prompt"].get<std::string>();
+  if (!c["negative_prompt"].is_null()) r.negative_prompt = c["negative_prompt"].get<std::string>();
+  r.width = c["width"].get<int64_t>();
+  r.height = c["height"].get<int64_t>();
+  r.steps = c["steps"].get<int64_t>();
+  r.guidance = c["guidance"].get<float>();
+  r.init_latents = feature_map(golden.get(key + "latents"));
+  return r;
 }
 
 }  // namespace tessera::diffusion::testing

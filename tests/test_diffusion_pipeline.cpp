@@ -12,14 +12,15 @@
 #include "formats/png.h"
 #include "formats/safetensors.h"
 #include "models/diffusion/pipeline.h"
+#include "diffusion_test_util.h"
 #include "test_util.h"
 
 namespace tessera::diffusion {
 namespace {
 
-using testing::fixtures;
-using testing::run_tessera;
-using testing::TempDir;
+using tessera::testing::fixtures;
+using tessera::testing::run_tessera;
+using tessera::testing::TempDir;
 
 std::filesystem::path pipeline_dir(const std::string& name) { return fixtures() / "diffusion" / name; }
 
@@ -43,18 +44,8 @@ TEST_P(PipelineGolden, EverySamplerMatchesDiffusers) {
   for (const auto& c : info["cases"]) {
     const std::string key = "case" + std::to_string(index++) + ".";
     for (const auto& sampler : info["samplers"]) {
-      ImageRequest r;
-      r.prompt = c["prompt"].get<std::string>();
-      if (!c["negative_prompt"].is_null()) r.negative_prompt = c["negative_prompt"].get<std::string>();
-      r.width = c["width"].get<int64_t>();
-      r.height = c["height"].get<int64_t>();
-      r.steps = c["steps"].get<int64_t>();
-      r.guidance = c["guidance"].get<float>();
+      ImageRequest r = testing::golden_request(c, golden, key);
       r.sampler = parse_sampler(sampler.get<std::string>());
-      const Tensor lat = golden.get(key + "latents");
-      FeatureMap init(lat.dim(0), lat.dim(1), lat.dim(2));
-      init.data = lat.to_vector();
-      r.init_latents = init;
       const std::string noise_key = key + "noise." + sampler.get<std::string>();
       std::vector<float> noise;
       size_t used = 0;
@@ -110,7 +101,7 @@ TEST(ImageCommand, SameSeedSameBytesOtherSeedOtherImage) {
     const auto r = run_tessera("image -m '" + model + "' -p 'a red cube' --steps 3 --size 64x48 -s " +
                                std::to_string(seed) + " -o '" + (tmp / name).string() + "'");
     EXPECT_EQ(r.exit_code, 0) << r.err;
-    return testing::read_file(tmp / name);
+    return tessera::testing::read_file(tmp / name);
   };
   const std::string a = make("a.png", 7), b = make("b.png", 7), c = make("c.png", 8);
   ASSERT_FALSE(a.empty());

@@ -46,17 +46,8 @@ TEST(PixelPipeline, ImagesMatchDiffusersIncludingUpscaledOnes) {
   int index = 0, upscaled = 0;
   for (const auto& c : info["cases"]) {
     const std::string key = "case" + std::to_string(index++) + ".";
-    ImageRequest r;
-    r.prompt = c["prompt"].get<std::string>();
-    if (!c["negative_prompt"].is_null()) r.negative_prompt = c["negative_prompt"].get<std::string>();
-    r.width = c["width"].get<int64_t>();
-    r.height = c["height"].get<int64_t>();
-    r.steps = c["steps"].get<int64_t>();
-    r.guidance = c["guidance"].get<float>();
+    const ImageRequest r = testing::golden_request(c, golden, key);
     const Tensor lat = golden.get(key + "latents");
-    FeatureMap init(lat.dim(0), lat.dim(1), lat.dim(2));
-    init.data = lat.to_vector();
-    r.init_latents = init;
     const ImageResult result = pipe->generate(r);
     ASSERT_EQ(result.width, r.width);
     ASSERT_EQ(result.height, r.height);
