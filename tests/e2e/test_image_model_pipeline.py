@@ -50,6 +50,9 @@ def test_the_recipe_runs_end_to_end_on_a_small_budget(tessera_bin, tmp_path):
     assert report["prompts"] == report["categories"] >= 5  # one held-out caption per category
     assert 0 <= report["adherence"] <= 1 and 0 <= report["unconditional"] <= 1
     assert report["chance"] == pytest.approx(1 / report["categories"])
+    paired = report["paired"]  # the classifier learnt from the model's own drawings of training captions
+    assert paired["training_drawings"] == 2 * report["categories"]
+    assert 0 <= paired["adherence"] <= 1 and 0 <= paired["unconditional"] <= 1
     card = (model / "README.md").read_text()
     assert "## Prompt adherence" in card and f"{report['adherence']:.1%}" in card
 

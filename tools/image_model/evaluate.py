@@ -29,13 +29,81 @@ sys.path.insert(0, str(HERE))
 import adherence  # noqa: E402
 
 
+REUSE = False  # --reuse: keep drawings already in --out (same settings assumed)
+
+
 def draw(tessera: str, model: pathlib.Path, prompt: str, seed: int, steps: int, guidance, out: pathlib.Path) -> None:
+    if REUSE and out.exists():
+        return
     cmd = [tessera, "image", "-m", str(model), "-p", prompt, "-s", str(seed), "--steps", str(steps), "-o", str(out)]
     if guidance is not None:
         cmd += ["-g", str(guidance)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"error: tessera image failed for {prompt!r}: {done.stderr.strip()}")
+
+
+def features(path: pathlib.Path):
+    """A drawing as its colours on an 8x8 grid (box-averaged, which also removes the speckle)."""
+    import numpy as np
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB").resize((8, 8), Image.BOX), dtype=np.float32).ravel() / 255.0
+
+
+def paired_adherence(args, rows: list, listed: list) -> dict:
+    """The second measure: does a drawing carry the category its prompt asked for? A linear
+    classifier (softmax regression on 8x8 colour grids) learns the categories from the model's own
+    drawings of training captions (--paired per category, never the held-out ones), then names
+    the category of each held-out drawing. A model that ignored its prompt would score chance."""
+    import numpy as np
+    import torch
+    heldout = {r["caption"] for r in rows}
+    pool = {}
+    for r in adherence.read_rows(args.data / "captions.jsonl"):
+        if r["category"] in {x["category"] for x in rows} and r["caption"] not in heldout:
+            pool.setdefault(r["category"], []).append(r)
+    rng = np.random.default_rng(args.seed)
+    train_dir = args.out / "paired"
+    train_dir.mkdir(exist_ok=True)
+    x_train, y_train, categories = [], [], sorted(pool)
+    total = len(categories) * args.paired
+    for ci, category in enumerate(categories):
+        chosen = rng.choice(len(pool[category]), size=min(args.paired, len(pool[category])), replace=False)
+        for j, k in enumerate(chosen):
+            file = train_dir / f"{ci:02d}-{j:03d}.png"
+            draw(args.tessera, args.model, pool[category][k]["caption"], args.seed + 10000 + ci * 1000 + j, args.steps,
+                 args.guidance, file)
+            x_train.append(features(file))
+            y_train.append(ci)
+            print(f"\rdrawn {len(y_train)}/{total} training captions", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    x = torch.tensor(np.stack(x_train))
+    mean, std = x.mean(0), x.std(0) + 1e-3
+    y = torch.tensor(y_train)
+    torch.manual_seed(args.seed)
+    model = torch.nn.Linear(x.shape[1], len(categories))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=1e-3)
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(model((x - mean) / std), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    hits = {"prompted": 0, "empty": 0}
+    counts = {"prompted": 0, "empty": 0}
+    with torch.no_grad():
+        for row in listed:
+            f = (torch.tensor(features(args.out / row["file"])) - mean) / std
+            guess = categories[int(model(f).argmax())]
+            row["paired_classified_as"] = guess
+            hits[row["kind"]] += guess == row["category"]
+            counts[row["kind"]] += 1
+    with open(args.out / "generated.jsonl", "w") as out:
+        for row in listed:
+            out.write(json.dumps(row) + "\n")
+    return {"adherence": hits["prompted"] / counts["prompted"], "unconditional": hits["empty"] / counts["empty"],
+            "training_drawings": len(y_train), "per_category_training_captions": args.paired,
+            "features": "8x8 box-averaged RGB, softmax regression"}
 
 
 def main() -> int:
@@ -49,7 +117,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1000)
     ap.add_argument("--per-category", type=int, default=0, help="at most this many prompts per category (0: all)")
     ap.add_argument("--grid", type=pathlib.Path, help="PNG of held-out captions x 4 seeds")
+    ap.add_argument("--paired", type=int, default=20,
+                    help="training captions per category drawn for the generated-picture classifier (0: none)")
+    ap.add_argument("--data", type=pathlib.Path, help="make_data.py's folder (for --paired)")
+    ap.add_argument("--reuse", action="store_true", help="keep drawings already in --out")
     args = ap.parse_args()
+    global REUSE
+    REUSE = args.reuse
 
     heldout = adherence.read_rows(args.model / "heldout.jsonl")
     rows, taken = [], {}
@@ -99,11 +173,17 @@ def main() -> int:
                                               "heldout_pictures", "input_size", "epochs")},
         "settings": {"steps": args.steps, "guidance": args.guidance, "first_seed": args.seed,
                      "sampler": "the pipeline's (DDIM)"},
-        "seconds_drawing": seconds,
+        "seconds_drawing": None if REUSE else seconds,  # drawings kept from an earlier run are not timed
     }
+    if args.paired and args.data:
+        result["paired"] = paired_adherence(args, rows, listed)
     (args.out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"adherence {result['adherence']:.1%} over {n} held-out prompts in {len(per_category)} categories; "
           f"empty prompt {result['unconditional']:.1%}; chance {result['chance']:.1%}")
+    if "paired" in result:
+        p = result["paired"]
+        print(f"generated-picture classifier: {p['adherence']:.1%} of held-out drawings placed in the asked category, "
+              f"{p['unconditional']:.1%} of the empty-prompt ones, chance {result['chance']:.1%}")
 
     if args.grid:
         from PIL import Image, ImageDraw

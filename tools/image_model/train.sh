@@ -6,8 +6,9 @@
 #   3. train: the text encoder and pixel-space UNet (`tessera train-image`)
 #   4. classifier: the category classifier that measures prompt adherence (adherence.py train)
 #   5. export: the pipeline folder with f16 weights into OUT
-#   6. evaluate: held-out prompts drawn by the exported model, classified (evaluate.py), and the
-#      sample grid
+#   6. evaluate: held-out prompts drawn by the exported model, classified by the classifier of real
+#      pictures and by one learnt from the model's own drawings of training captions (evaluate.py),
+#      and the sample grid
 #   7. card: the model card (model_card.py)
 #
 # FROM=stage starts at that stage and reuses what WORK holds from the earlier ones.
@@ -28,10 +29,10 @@ case "$BUDGET" in
   full)  : "${OUT:=$ROOT/models/tessera-imageai-tiny}" "${LIMIT:=}" "${MERGES:=4000}" "${CHANNELS:=16,32,64,128}" \
            "${ATTENTION:=0,0,1,1}" "${NORM_GROUPS:=8}" "${HEAD:=32}" "${TEXT_DIM:=128}" "${STEPS:=3000}" "${BATCH:=8}" \
            "${WARMUP:=200}" "${LR:=5e-4}" "${PREDICTION:=v}" "${EMA:=0.995}" "${EVAL_EVERY:=500}" "${HELDOUT:=10}" \
-           "${CLASSIFIER_EPOCHS:=10}" "${PER_CATEGORY:=0}" "${SAMPLE_STEPS:=30}" "${GRID:=1}" ;;
+           "${CLASSIFIER_EPOCHS:=10}" "${PER_CATEGORY:=0}" "${PAIRED:=20}" "${SAMPLE_STEPS:=30}" "${GRID:=1}" ;;
   short) : "${OUT:=$WORK/model}" "${LIMIT:=40}" "${MERGES:=500}" "${CHANNELS:=8,16}" "${ATTENTION:=0,1}" "${NORM_GROUPS:=4}" \
            "${HEAD:=8}" "${TEXT_DIM:=16}" "${STEPS:=40}" "${BATCH:=4}" "${WARMUP:=5}" "${LR:=2e-3}" "${PREDICTION:=v}" "${EMA:=0.9}" \
-           "${EVAL_EVERY:=20}" "${HELDOUT:=1}" "${CLASSIFIER_EPOCHS:=1}" "${PER_CATEGORY:=1}" "${SAMPLE_STEPS:=3}" \
+           "${EVAL_EVERY:=20}" "${HELDOUT:=1}" "${CLASSIFIER_EPOCHS:=1}" "${PER_CATEGORY:=1}" "${PAIRED:=2}" "${SAMPLE_STEPS:=3}" \
            "${GRID:=0}" ;;
   *) echo "train.sh: BUDGET must be full or short, got '$BUDGET'" >&2; exit 2 ;;
 esac
@@ -86,7 +87,7 @@ fi
 if runs evaluate; then
 say "evaluation"
 "$PY" "$HERE/evaluate.py" --tessera "$B" --model "$OUT" --classifier "$WORK/classifier.pt" --out "$WORK/eval" \
-  --steps "$SAMPLE_STEPS" --per-category "$PER_CATEGORY" $([ "$GRID" = 1 ] && echo --grid "$OUT/samples.png")
+  --steps "$SAMPLE_STEPS" --per-category "$PER_CATEGORY" --data "$WORK/data" --paired "$PAIRED" $([ "$GRID" = 1 ] && echo --grid "$OUT/samples.png")
 cp "$WORK/eval/eval.json" "$OUT/eval.json"
 took evaluate
 fi
