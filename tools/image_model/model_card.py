@@ -161,8 +161,13 @@ def main() -> int:
         f"{ev['chance']:.1%} |")
     add("")
     if p:
-        add("The first row is the adherence figure: the drawings of unseen captions carry the category their "
-            "prompt asked for, well above chance and above the empty prompt. The second shows how far the drawings "
+        from math import comb
+        n, k = ev["prompts"], round(p["adherence"] * ev["prompts"])
+        tail = sum(comb(n, i) * ev["chance"] ** i * (1 - ev["chance"]) ** (n - i) for i in range(k, n + 1))
+        add(f"The first row is the adherence figure: the drawings of unseen captions carry the category their "
+            f"prompt asked for, {p['adherence'] / ev['chance']:.1f} times chance (a prompt-blind model would place "
+            f"{k} or more of {n} in the asked category with probability {tail:.1g}) and above the empty prompt. "
+            "The second shows how far the drawings "
             "are from the real pictures: the classifier of real pictures files most of them under \"other\" "
             "(the drawings are speckled, guidance overshoots their colours), so it scores at or below chance.")
         add("")
