@@ -373,13 +373,17 @@ void train_image_model(const ImageTrainOptions& o) {
     return batch;
   };
 
+  // Exchanges the trained weights with their average (twice: back as they were), for evaluating
+  // and saving the average.
+  const auto swap_average = [&] {
+    std::swap_ranges(unet_ema.begin(), unet_ema.end(), unet.values().begin());
+    std::swap_ranges(text_ema.begin(), text_ema.end(), text.values().begin());
+  };
+
   // Held-out diffusion loss of the averaged weights: every held-out picture at the same spread of
   // timesteps with the same seeded noise on every evaluation; the mean and one per timestep.
   const auto evaluate = [&](json& per_timestep) {
-    std::vector<float> keep_unet(unet.values().begin(), unet.values().end());
-    std::vector<float> keep_text(text.values().begin(), text.values().end());
-    std::copy(unet_ema.begin(), unet_ema.end(), unet.values().begin());
-    std::copy(text_ema.begin(), text_ema.end(), text.values().begin());
+    swap_average();
     Rng rng(o.seed ^ 0xe7a1u);
     double sum = 0;
     per_timestep = json::object();
@@ -398,20 +402,15 @@ void train_image_model(const ImageTrainOptions& o) {
       per_timestep[std::to_string(t)] = at_t;
       sum += at_t;
     }
-    std::copy(keep_unet.begin(), keep_unet.end(), unet.values().begin());
-    std::copy(keep_text.begin(), keep_text.end(), text.values().begin());
+    swap_average();
     return sum / static_cast<double>(o.heldout_timesteps);
   };
 
   const auto save = [&] {
-    std::vector<float> keep_unet(unet.values().begin(), unet.values().end());
-    std::vector<float> keep_text(text.values().begin(), text.values().end());
-    std::copy(unet_ema.begin(), unet_ema.end(), unet.values().begin());
-    std::copy(text_ema.begin(), text_ema.end(), text.values().begin());
+    swap_average();
     unet.save(o.out / "unet");
     text.save(o.out / "text_encoder", tokenizer.bos_id(), tokenizer.eos_id(), tokenizer.pad_id());
-    std::copy(keep_unet.begin(), keep_unet.end(), unet.values().begin());
-    std::copy(keep_text.begin(), keep_text.end(), text.values().begin());
+    swap_average();
   };
 
   // The folder around the weights, written first so a stopped run still leaves a loadable model.
@@ -431,7 +430,6 @@ void train_image_model(const ImageTrainOptions& o) {
                                           {"feature_extractor", {nullptr, nullptr}},
                                           {"requires_safety_checker", false}});
   {
-    json list = json::array();
     std::string lines;
     for (size_t i : heldout)
       lines += json({{"file", pictures[i].file}, {"caption", pictures[i].caption}, {"category", pictures[i].category}})
