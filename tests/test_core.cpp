@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <cmath>
 #include <numeric>
 #include <vector>
@@ -65,6 +67,25 @@ TEST(ThreadPool, CoversEveryIndexOnceAndNests) {
     for (size_t i = b; i < e; ++i) pool.parallel_for(10, 1, [&](size_t b2, size_t e2) { total += int(e2 - b2); });
   });
   EXPECT_EQ(total.load(), 80);
+}
+
+TEST(ThreadPool, SharesEqualItemsEvenly) {
+  // 36 items with a grain of 29 still go to both threads in halves, and long loops run as a
+  // multiple of the thread count of equal chunks.
+  ThreadPool pool(2);
+  for (size_t n : {36, 96, 1000}) {
+    std::mutex m;
+    std::vector<size_t> sizes;
+    pool.parallel_for(n, 29, [&](size_t b, size_t e) {
+      std::lock_guard lock(m);
+      sizes.push_back(e - b);
+    });
+    EXPECT_EQ(sizes.size() % 2, 0u) << n;
+    EXPECT_LE(*std::max_element(sizes.begin(), sizes.end()) - *std::min_element(sizes.begin(), sizes.end()), 1u) << n;
+  }
+  size_t calls = 0;
+  pool.parallel_for(29, 29, [&](size_t, size_t) { ++calls; });  // not above the grain: one call
+  EXPECT_EQ(calls, 1u);
 }
 
 TEST(Rng, SeedRepeatsAndNormalHasUnitVariance) {

@@ -368,6 +368,40 @@ TEST_P(QuantFormat, MatmulUsesTheForcedPath) {
   for (int64_t j = 0; j < n / 2; ++j) EXPECT_EQ(half[j], all[n / 2 + j]);
 }
 
+TEST_P(QuantFormat, MultiProductEqualsSeparateProducts) {
+  // Weights of different row counts (one of a single row, one not a multiple of the 16-row
+  // unit) in one loop give the same outputs as one product each, on every path and thread count.
+  const DType dtype = GetParam();
+  const int64_t k = dtype_block_elems(dtype) == 256 ? 512 : 32 * 11;
+  const int64_t rows[] = {100, 1, 37, 16};
+  std::vector<std::vector<uint8_t>> ws;
+  for (int i = 0; i < 4; ++i) ws.push_back(random_blocks(dtype, rows[i], k, 200 + i));
+  for (int64_t m : {1, 3}) {
+    const auto x = normal_values(static_cast<size_t>(m * k), 300 + m);
+    for (SimdPath path : kernels::supported_paths()) {
+      std::vector<std::vector<float>> want(4), got(4);
+      std::vector<kernels::QuantizedProduct> products;
+      for (int i = 0; i < 4; ++i) {
+        want[i].resize(static_cast<size_t>(m * rows[i]));
+        got[i].assign(want[i].size(), NAN);
+        kernels::matmul_nt_quantized(x.data(), m, ws[i].data(), dtype, rows[i], k, want[i].data(), path);
+        products.push_back({ws[i].data(), rows[i], got[i].data()});
+      }
+      kernels::matmul_nt_quantized_multi(x.data(), m, dtype, k, products.data(), 4, path);
+      for (int i = 0; i < 4; ++i) EXPECT_EQ(got[i], want[i]) << kernels::simd_path_name(path) << " m=" << m << " #" << i;
+    }
+    // Through matmul_nt_multi, on the default path.
+    std::vector<float> a(static_cast<size_t>(m * rows[0])), b(static_cast<size_t>(m * rows[2]));
+    std::vector<float> a1(a.size()), b1(b.size());
+    const kernels::WeightMatrix wa{ws[0].data(), dtype, rows[0], k}, wb{ws[2].data(), dtype, rows[2], k};
+    kernels::matmul_nt_multi(x.data(), m, {{wa, a.data()}, {wb, b.data()}});
+    kernels::matmul_nt(x.data(), m, wa, a1.data());
+    kernels::matmul_nt(x.data(), m, wb, b1.data());
+    EXPECT_EQ(a, a1);
+    EXPECT_EQ(b, b1);
+  }
+}
+
 TEST_P(QuantFormat, MatmulNnDequantizes) {
   const DType dtype = GetParam();
   const int64_t kk = 5, n = static_cast<int64_t>(dtype_block_elems(dtype)) * 3, m = 2;  // W is [K, N]

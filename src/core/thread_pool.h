@@ -20,8 +20,10 @@ class ThreadPool {
 
   size_t size() const { return workers_.size() + 1; }
 
-  // Calls fn(begin, end) over [0, n) in chunks of at least `grain` items. Blocks until done.
-  // Nested calls from inside a task run serially on the calling thread.
+  // Calls fn(begin, end) over contiguous chunks of [0, n). Blocks until done. Loops of at most
+  // `grain` items run serially on the calling thread; longer ones are split into chunks of
+  // about n / (threads * 4) items but no fewer than `grain`, except that every thread gets at
+  // least one chunk. Nested calls from inside a task run serially on the calling thread.
   void parallel_for(size_t n, size_t grain, const std::function<void(size_t, size_t)>& fn);
 
   // The process-wide pool (hardware threads unless set_global_threads was called first).

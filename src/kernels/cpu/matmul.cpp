@@ -96,6 +96,24 @@ float dot_f32(const float* a, const float* b, int64_t n) {
   return sum;
 }
 
+void matmul_nt_multi(const float* x, int64_t m, std::initializer_list<MatmulTarget> targets) {
+  if (targets.size() == 0) return;
+  const WeightMatrix& first = targets.begin()->w;
+  bool fused = dtype_is_quantized(first.dtype);
+  for (const MatmulTarget& t : targets) {
+    if (t.w.cols != first.cols) fail("matmul_nt_multi: weights of {} and {} columns", first.cols, t.w.cols);
+    fused = fused && t.w.dtype == first.dtype;
+  }
+  if (!fused) {
+    for (const MatmulTarget& t : targets) matmul_nt(x, m, t.w, t.y);
+    return;
+  }
+  std::vector<QuantizedProduct> products;
+  for (const MatmulTarget& t : targets) products.push_back({t.w.data, t.w.rows, t.y});
+  matmul_nt_quantized_multi(x, m, first.dtype, first.cols, products.data(), static_cast<int64_t>(products.size()),
+                            active_simd_path());
+}
+
 void matmul_nt(const float* x, int64_t m, const WeightMatrix& w, float* y) {
   const int64_t n = w.rows, k = w.cols;
   if (dtype_is_quantized(w.dtype)) {

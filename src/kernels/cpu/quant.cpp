@@ -598,13 +598,19 @@ RowsKernel scalar_kernel(DType dtype) {
 
 void matmul_nt_quantized(const float* x, int64_t m, const void* w, DType dtype, int64_t n, int64_t k, float* y,
                          SimdPath path) {
+  const QuantizedProduct product{w, n, y};
+  matmul_nt_quantized_multi(x, m, dtype, k, &product, 1, path);
+}
+
+void matmul_nt_quantized_multi(const float* x, int64_t m, DType dtype, int64_t k, const QuantizedProduct* products,
+                               int64_t count, SimdPath path) {
   if (!dtype_is_quantized(dtype)) fail("quantized product given {} weights", dtype_name(dtype));
   const auto block = static_cast<int64_t>(dtype_block_elems(dtype));
   if (k % block != 0)
     fail("{} weights need rows of a multiple of {} values, got {}", dtype_name(dtype), block, k);
-  if (m <= 0 || n <= 0) return;
+  if (m <= 0 || count <= 0) return;
   if (k == 0) {
-    std::fill(y, y + m * n, 0.0f);
+    for (int64_t p = 0; p < count; ++p) std::fill(products[p].y, products[p].y + m * products[p].n, 0.0f);
     return;
   }
   detail::RowsKernel kernel = nullptr;
@@ -620,18 +626,26 @@ void matmul_nt_quantized(const float* x, int64_t m, const void* w, DType dtype, 
   detail::quantize_activations(x, m, k, dtype, path, acts);
   const detail::ActView view{acts.m, acts.k, acts.q.data(), acts.d.data(), acts.s.data(), acts.bsum16.data(),
                              acts.bsum32.data()};
-  const auto* wbytes = static_cast<const uint8_t*>(w);
   const size_t row_bytes = dtype_bytes(dtype, static_cast<size_t>(k));
 
-  // Units of 16 weight rows; a task gets enough of them that waking a thread pays off.
+  // Units of 16 weight rows, numbered across all the products, so one loop covers them all; a
+  // task gets enough of them that handing it to another thread pays off.
   constexpr int64_t kUnit = 16;
-  const int64_t units = (n + kUnit - 1) / kUnit;
+  std::vector<int64_t> first_unit(static_cast<size_t>(count) + 1, 0);
+  for (int64_t p = 0; p < count; ++p) first_unit[p + 1] = first_unit[p] + (products[p].n + kUnit - 1) / kUnit;
+  const int64_t units = first_unit[count];
   const int64_t unit_work = kUnit * m * k;
-  const auto grain = static_cast<size_t>(std::max<int64_t>(1, ((int64_t{1} << 18) + unit_work - 1) / unit_work));
+  const auto grain = static_cast<size_t>(std::max<int64_t>(1, ((int64_t{1} << 16) + unit_work - 1) / unit_work));
   parallel_for(static_cast<size_t>(units), grain, [&](size_t u0, size_t u1) {
-    const int64_t j0 = static_cast<int64_t>(u0) * kUnit;
-    const int64_t j1 = std::min(n, static_cast<int64_t>(u1) * kUnit);
-    kernel(view, wbytes, row_bytes, j0, j1, y, n);
+    int64_t p = std::upper_bound(first_unit.begin(), first_unit.end(), static_cast<int64_t>(u0)) - first_unit.begin() - 1;
+    for (auto u = static_cast<int64_t>(u0); u < static_cast<int64_t>(u1); ++p) {
+      const int64_t stop = std::min(static_cast<int64_t>(u1), first_unit[p + 1]);
+      const QuantizedProduct& product = products[p];
+      const int64_t j0 = (u - first_unit[p]) * kUnit;
+      const int64_t j1 = std::min(product.n, (stop - first_unit[p]) * kUnit);
+      if (j1 > j0) kernel(view, static_cast<const uint8_t*>(product.w), row_bytes, j0, j1, product.y, product.n);
+      u = stop;
+    }
   });
 }
 

@@ -64,6 +64,17 @@ void set_simd_path_for_testing(std::optional<SimdPath> path);
 void matmul_nt_quantized(const float* x, int64_t m, const void* w, DType dtype, int64_t n, int64_t k, float* y,
                          SimdPath path);
 
+// Several products of the same activations x[M,K] with quantized weights of one type, as one
+// parallel loop: the activations are quantized once and the threads share out the rows of all
+// the weights, so small matrices (a layer's key and value projections) still use every thread.
+struct QuantizedProduct {
+  const void* w;  // n rows of K values
+  int64_t n;
+  float* y;  // [M, n]
+};
+void matmul_nt_quantized_multi(const float* x, int64_t m, DType dtype, int64_t k, const QuantizedProduct* products,
+                               int64_t count, SimdPath path);
+
 namespace detail {
 
 inline float load_f16(const uint8_t* p) {

@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
@@ -87,20 +88,27 @@ void DecoderModel::attention(int64_t layer, const float* x, const RowPlaces& row
   if (lw.wqkv.defined()) {
     kernels::matmul_nt(x, n, WeightMatrix::of(lw.wqkv), qkv.data());
   } else {
-    // Separate projections, scattered into the fused row layout [q | k | v].
-    std::vector<float> part;
-    int64_t offset = 0;
-    for (const Tensor* w : {&lw.wq, &lw.wk, &lw.wv}) {
-      const int64_t width = w->dim(0);
-      part.resize(static_cast<size_t>(n * width));
-      kernels::matmul_nt(x, n, WeightMatrix::of(*w), part.data());
-      for (int64_t t = 0; t < n; ++t) std::copy_n(part.data() + t * width, width, qkv.data() + t * qkv_dim + offset);
-      offset += width;
+    // Separate projections in one parallel loop, scattered into the fused row layout [q | k | v]
+    // (a single row is that layout already).
+    const int64_t widths[3] = {lw.wq.dim(0), lw.wk.dim(0), lw.wv.dim(0)};
+    std::vector<float> separate;
+    if (n > 1) separate.resize(static_cast<size_t>(n * qkv_dim));
+    float* base = n > 1 ? separate.data() : qkv.data();
+    float* outs[3] = {base, base + n * widths[0], base + n * (widths[0] + widths[1])};
+    kernels::matmul_nt_multi(x, n, {{WeightMatrix::of(lw.wq), outs[0]}, {WeightMatrix::of(lw.wk), outs[1]},
+                                    {WeightMatrix::of(lw.wv), outs[2]}});
+    if (n > 1) {
+      int64_t offset = 0;
+      for (int i = 0; i < 3; ++i) {
+        for (int64_t t = 0; t < n; ++t)
+          std::copy_n(outs[i] + t * widths[i], widths[i], qkv.data() + t * qkv_dim + offset);
+        offset += widths[i];
+      }
     }
   }
   if (c.clip_qkv) kernels::clamp(qkv.data(), n * qkv_dim, *c.clip_qkv);
 
-  int64_t longest = 0, work = 0;
+  int64_t longest = 0;
   for (int64_t t = 0; t < n; ++t) {
     float* row = qkv.data() + t * qkv_dim;
     const int64_t pos = rows.pos[t];
@@ -108,63 +116,50 @@ void DecoderModel::attention(int64_t layer, const float* x, const RowPlaces& row
     rope(row + nh * hd, nkv, pos);
     rows.cache[t]->store(layer, pos, row + nh * hd, row + (nh + nkv) * hd);
     longest = std::max(longest, pos + 1);
-    work += (pos + 1) * hd;
   }
 
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int64_t group = nh / nkv;
-  std::vector<float> context(static_cast<size_t>(n * nh * hd));
-  const size_t work_per_job = static_cast<size_t>(std::max<int64_t>(1, work / n));
-  // Jobs are (row, head) pairs over the whole batch; each walks its sequence's cache block by
-  // block, since only the positions of one block are contiguous.
-  parallel_for(static_cast<size_t>(n * nh), std::max<size_t>(1, 16384 / work_per_job), [&](size_t begin, size_t end) {
-    std::vector<float> scores(static_cast<size_t>(longest));
+  // Jobs are (row, kv head, span of positions): the query heads of one group share each cached
+  // row. Decoding has few (row, kv head) pairs, so their positions are split into spans that
+  // keep every thread busy, merged below.
+  const int64_t pairs = n * nkv;
+  const auto threads = static_cast<int64_t>(ThreadPool::global().size());
+  int64_t parts = 1;
+  if (pairs < 2 * threads && longest >= 64) {
+    const int64_t base = threads / std::gcd(pairs, threads);  // makes the job count a multiple of threads
+    const int64_t want = (2 * threads + pairs - 1) / pairs;
+    parts = std::min(base * ((want + base - 1) / base), std::max<int64_t>(1, longest / 32));
+  }
+  std::vector<float> part_max(static_cast<size_t>(n * nh * parts)), part_sum(part_max.size());
+  std::vector<float> part_acc(part_max.size() * static_cast<size_t>(hd));
+  parallel_for(static_cast<size_t>(pairs * parts), 1, [&](size_t begin, size_t end) {
+    std::vector<kernels::KvRun> runs;
     for (size_t job = begin; job < end; ++job) {
-      const int64_t t = static_cast<int64_t>(job) / nh, h = static_cast<int64_t>(job) % nh, kvh = h / group;
+      // The longest rows first, so the short ones even out the threads at the end.
+      const int64_t t = n - 1 - static_cast<int64_t>(job) / (nkv * parts);
+      const int64_t g = static_cast<int64_t>(job) / parts % nkv, c = static_cast<int64_t>(job) % parts;
       const KvCache& cache = *rows.cache[t];
       const int64_t visible = rows.pos[t] + 1;  // causal: positions 0..pos
+      const int64_t j0 = visible * c / parts, j1 = visible * (c + 1) / parts;
       const int64_t bt = cache.block_tokens(), stride = cache.row_size();
-      auto run_at = [&](int64_t j) { return std::min(bt - j % bt, visible - j); };
-      const float* q = qkv.data() + t * qkv_dim + h * hd;
-      float* ctx = context.data() + (t * nh + h) * hd;
-      std::fill(ctx, ctx + hd, 0.0f);
-      if (cache.dtype() == DType::F16) {
-        // With an f16 cache the query and the attention weights are rounded to f16 too, the
-        // way llama.cpp multiplies them, so the two agree closely on the same file.
-        float q16[512];
-        const float* qr = q;
-        if (hd <= 512) {
-          for (int64_t d = 0; d < hd; ++d) q16[d] = f16_to_f32(f32_to_f16(q[d]));
-          qr = q16;
-        }
-        for (int64_t j = 0, run = 0; j < visible; j += run) {
-          run = run_at(j);
-          kernels::dot_rows_f16(qr, static_cast<const uint16_t*>(cache.keys(layer, j)) + kvh * hd, stride, run, hd,
-                                scores.data() + j);
-        }
-        for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
-        kernels::softmax(scores.data(), visible);
-        for (int64_t j = 0, run = 0; j < visible; j += run) {
-          run = run_at(j);
-          const auto* v = static_cast<const uint16_t*>(cache.values(layer, j)) + kvh * hd;
-          for (int64_t i = 0; i < run; ++i) kernels::axpy_f16(f16_to_f32(f32_to_f16(scores[j + i])), v + i * stride, ctx, hd);
-        }
-      } else {
-        for (int64_t j = 0, run = 0; j < visible; j += run) {
-          run = run_at(j);
-          kernels::dot_rows(q, static_cast<const float*>(cache.keys(layer, j)) + kvh * hd, stride, run, hd,
-                            scores.data() + j);
-        }
-        for (int64_t j = 0; j < visible; ++j) scores[j] *= scale;
-        kernels::softmax(scores.data(), visible);
-        for (int64_t j = 0, run = 0; j < visible; j += run) {
-          run = run_at(j);
-          const auto* v = static_cast<const float*>(cache.values(layer, j)) + kvh * hd;
-          for (int64_t i = 0; i < run; ++i) kernels::axpy(scores[j + i], v + i * stride, ctx, hd);
-        }
+      const size_t head_bytes = static_cast<size_t>(g * hd) * dtype_size(cache.dtype());
+      runs.clear();
+      for (int64_t j = j0, run = 0; j < j1; j += run) {
+        run = std::min(bt - j % bt, j1 - j);  // positions stay contiguous within a cache block
+        runs.push_back({static_cast<const char*>(cache.keys(layer, j)) + head_bytes,
+                        static_cast<const char*>(cache.values(layer, j)) + head_bytes, run});
       }
+      const int64_t o = (t * nh + g * group) * parts + c;
+      kernels::attention_partial(qkv.data() + t * qkv_dim + g * group * hd, group, hd, scale, runs.data(),
+                                 static_cast<int64_t>(runs.size()), stride, cache.dtype() == DType::F16,
+                                 part_max.data() + o, part_sum.data() + o, part_acc.data() + o * hd, parts);
     }
   });
+  std::vector<float> context(static_cast<size_t>(n * nh * hd));
+  for (int64_t r = 0; r < n * nh; ++r)
+    kernels::attention_merge(part_max.data() + r * parts, part_sum.data() + r * parts,
+                             part_acc.data() + r * parts * hd, parts, hd, context.data() + r * hd);
   kernels::matmul_nt(context.data(), n, WeightMatrix::of(lw.wo), out);
 }
 
@@ -172,8 +167,7 @@ void DecoderModel::dense_mlp(int64_t layer, const float* x, int64_t n, float* ou
   const auto& lw = weights_.layers[layer];
   const int64_t f = config_.ffn_hidden;
   std::vector<float> gate(static_cast<size_t>(n * f)), up(gate.size());
-  kernels::matmul_nt(x, n, WeightMatrix::of(lw.gate), gate.data());
-  kernels::matmul_nt(x, n, WeightMatrix::of(lw.up), up.data());
+  kernels::matmul_nt_multi(x, n, {{WeightMatrix::of(lw.gate), gate.data()}, {WeightMatrix::of(lw.up), up.data()}});
   kernels::silu_mul(gate.data(), up.data(), n * f);
   kernels::matmul_nt(gate.data(), n, WeightMatrix::of(lw.down), out);
 }
