@@ -25,7 +25,7 @@ struct FmtQ8_0 {
   };
   static TS_INLINE W load(const uint8_t* p) {
     const __m256i q = load256(p + 2);
-    return {_mm256_abs_epi8(q), q, broadcast_f16(p)};
+    return {_mm256_abs_epi8(q), q, _mm256_broadcastss_ps(f16_pair(p))};
   }
   static TS_INLINE void accum(Acc& acc, const W& w, const ActRow& a, int64_t b) {
     const __m256i prod = _mm256_maddubs_epi16(w.abs_w, _mm256_sign_epi8(load256(a.q + 32 * b), w.w));
@@ -41,19 +41,25 @@ struct Nibbles {
   static constexpr int64_t kBlock = 32, kBytes = kBytes_;
   struct W {
     __m256i q;
-    __m256 d, m;
+    __m256 d;
+    __m128 dm;  // {d, m} (Q4_1) or {d, junk} (Q4_0) in the two low lanes
   };
   static TS_INLINE W load(const uint8_t* p) {
-    const __m256 d = broadcast_f16(p);
-    return {nibbles32(p + kNibbles), d, kNibbles == 2 ? _mm256_mul_ps(d, _mm256_set1_ps(-8.0f)) : broadcast_f16(p + 2)};
+    const __m128 dm = f16_pair(p);
+    return {nibbles32(p + kNibbles), _mm256_broadcastss_ps(dm), dm};
   }
   static TS_INLINE void accum(Acc& acc, const W& w, const ActRow& a, int64_t b) {
     const __m256i prod = _mm256_maddubs_epi16(w.q, load256(a.q + 32 * b));
     const __m256i sum = _mm256_madd_epi16(prod, _mm256_set1_epi16(1));
     acc.v = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(_mm256_broadcast_ss(a.d + b), w.d), acc.v);
-    // The offset term m * d_a * sum(q_a) goes into lane 0 (the lanes are summed at the end),
-    // keeping the accumulators in vector registers.
-    acc.v = _mm256_fmadd_ps(w.m, _mm256_zextps128_ps256(_mm_load_ss(a.s + b)), acc.v);
+    // The offset terms d * d_a * sum(q_a) and m * d_a * sum(q_a) collect in the low lanes of a
+    // 128-bit sum; finish() picks the one this format needs.
+    acc.offset = _mm_fmadd_ps(w.dm, _mm_broadcast_ss(a.s + b), acc.offset);
+  }
+  static TS_INLINE float finish(const Acc& acc) {
+    const float offset = kNibbles == 2 ? -8.0f * _mm_cvtss_f32(acc.offset)
+                                       : _mm_cvtss_f32(_mm_movehdup_ps(acc.offset));
+    return hsum(acc.v) + offset;
   }
 };
 using FmtQ4_0 = Nibbles<18, 2>;
@@ -159,7 +165,12 @@ void tile(const ActView& a, int64_t i0, const uint8_t* w, size_t row_bytes, floa
       for (int j = 0; j < RN; ++j) F::accum(acc[i][j], wb[j], rows[i], b);
   }
   for (int i = 0; i < RM; ++i)
-    for (int j = 0; j < RN; ++j) y[i * ldy + j] = hsum(acc[i][j].v) + acc[i][j].m;
+    for (int j = 0; j < RN; ++j) {
+      if constexpr (requires { F::finish(acc[i][j]); })
+        y[i * ldy + j] = F::finish(acc[i][j]);
+      else
+        y[i * ldy + j] = hsum(acc[i][j].v) + acc[i][j].m;
+    }
 }
 
 // Activation rows [p0, p1) against RN weight rows.

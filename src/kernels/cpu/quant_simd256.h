@@ -36,6 +36,14 @@ TS_INLINE __m256 broadcast_f16(const uint8_t* p) {
   return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h)));
 }
 
+// The f16 values at p and p + 2 as floats in lanes 0 and 1 (one 32-bit load); lanes 2 and 3
+// are zero. For a lone f16, lane 1 holds whatever follows it.
+TS_INLINE __m128 f16_pair(const uint8_t* p) {
+  uint32_t bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits)));
+}
+
 // One activation row's arrays (see QuantizedActivations).
 struct ActRow {
   const int8_t* q;
@@ -61,6 +69,7 @@ TS_INLINE ActRow act_row(const ActView& a, int64_t row, int64_t block) {
 struct Acc {
   __m256 v = _mm256_setzero_ps();
   float m = 0.0f;
+  __m128 offset = _mm_setzero_ps();  // per-block offset terms, for formats that keep them apart
 };
 
 }  // namespace tessera::kernels::detail::simd256
