@@ -79,6 +79,7 @@ TS_AVX512 void tile32(const ActView& a, int64_t i0, const uint8_t* w, size_t row
     float wm[RN][2];
     for (int j = 0; j < RN; ++j) {
       const uint8_t* p = w + j * row_bytes + b * kBytes;
+      if constexpr (RM == 1) _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchAhead), _MM_HINT_T0);
       wq[j] = join256(block32<kType>(p), block32<kType>(p + kBytes));
       neg_bias[j] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wq[j]));
       wd[j] = pair_ps(load_f16(p), load_f16(p + kBytes));

@@ -146,6 +146,7 @@ TS_VNNI void tile(const ActView& a, int64_t i0, const uint8_t* w, size_t row_byt
   const int64_t nb = a.k / F::kBlock;
   for (int64_t b = 0; b < nb; ++b) {
     typename F::W wb[RN];
+    if constexpr (RM == 1) prefetch_ahead<RN>(w + b * F::kBytes, row_bytes);
     for (int j = 0; j < RN; ++j) wb[j] = F::load(w + j * row_bytes + b * F::kBytes);
     for (int i = 0; i < RM; ++i)
       for (int j = 0; j < RN; ++j) F::accum(acc[i][j], wb[j], rows[i], b);

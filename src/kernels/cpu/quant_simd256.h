@@ -44,6 +44,12 @@ TS_INLINE __m128 f16_pair(const uint8_t* p) {
   return _mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(bits)));
 }
 
+// Software prefetch of each weight row kPrefetchAhead bytes ahead (quant.h).
+template <int RN>
+TS_INLINE void prefetch_ahead(const uint8_t* w, size_t row_bytes) {
+  for (int j = 0; j < RN; ++j) _mm_prefetch(reinterpret_cast<const char*>(w + j * row_bytes + kPrefetchAhead), _MM_HINT_T0);
+}
+
 // One activation row's arrays (see QuantizedActivations).
 struct ActRow {
   const int8_t* q;
