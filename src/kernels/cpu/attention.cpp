@@ -25,6 +25,22 @@ inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// The horizontal sums of eight vectors as one vector: {sum(v[0]), ..., sum(v[7])}.
+inline __m256 hsum8x8(const __m256* v) {
+  const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+  return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
+// out[i] = sum(v[i]) for N vectors, eight at a time where possible.
+template <int N>
+inline void hsums(const __m256* v, float* out) {
+  int i = 0;
+  for (; i + 8 <= N; i += 8) _mm256_storeu_ps(out + i, hsum8x8(v + i));
+  for (; i < N; ++i) out[i] = hsum8(v[i]);
+}
+
 // out[h * ld + j] = q_h . row_j for G query heads (rows of q `dim` apart) and `count` cached
 // rows, P rows at a time: each row is loaded and widened once for all G heads.
 template <typename T, int G, int P>
@@ -43,10 +59,12 @@ void group_scores(const float* q, int64_t dim, const T* rows, int64_t stride, in
         for (int p = 0; p < P; ++p) acc[p][h] = _mm256_fmadd_ps(qv, r[p], acc[p][h]);
       }
     }
+    float sums[P * G];
+    hsums<P * G>(&acc[0][0], sums);
     for (int p = 0; p < P; ++p) {
       const T* row = rows + (j + p) * stride;
       for (int h = 0; h < G; ++h) {
-        float s = hsum8(acc[p][h]);
+        float s = sums[p * G + h];
         for (int64_t i = d8; i < dim; ++i) s += q[h * dim + i] * load1(row + i);
         out[h * ld + j + p] = s;
       }
@@ -102,7 +120,7 @@ void group_pass(bool values, const float* src, int64_t ld, const KvRun* runs, in
       group_values<T, G, V>(src + offset, ld, static_cast<const T*>(runs[r].values), stride, runs[r].count, dim, dst,
                             dst_ld);
     } else {
-      constexpr int P = G <= 2 ? 4 : 2;
+      constexpr int P = G == 1 ? 8 : G == 2 ? 4 : 2;  // 8 sums per step where registers allow
       group_scores<T, G, P>(src, dim, static_cast<const T*>(runs[r].keys), stride, runs[r].count, dst + offset, dst_ld);
     }
     offset += runs[r].count;
