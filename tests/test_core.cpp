@@ -167,26 +167,3 @@ TEST(Ops, SoftmaxLayerNormRope) {
   EXPECT_NEAR(q[0], 1 * std::cos(5.0f) - 3 * std::sin(5.0f), 1e-5);
 }
 
-TEST(Ops, DotRowsMatchesOneDotPerRowForF32AndF16) {
-  for (int64_t n : {8, 64, 13}) {
-    for (int64_t count : {1, 4, 7, 33}) {
-      const int64_t stride = n * 3;  // rows interleaved with other heads' data
-      auto q = random_vector(size_t(n), 11);
-      auto rows = random_vector(size_t(stride * count), 12);
-      std::vector<uint16_t> rows16(rows.size());
-      for (size_t i = 0; i < rows.size(); ++i) rows16[i] = f32_to_f16(rows[i]);
-      std::vector<float> out(count), out16(count);
-      kernels::dot_rows(q.data(), rows.data(), stride, count, n, out.data());
-      kernels::dot_rows_f16(q.data(), rows16.data(), stride, count, n, out16.data());
-      for (int64_t j = 0; j < count; ++j) {
-        double ref = 0, ref16 = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          ref += double(q[i]) * rows[j * stride + i];
-          ref16 += double(q[i]) * f16_to_f32(rows16[j * stride + i]);
-        }
-        EXPECT_NEAR(out[j], ref, 1e-4) << n << " " << count << " " << j;
-        EXPECT_NEAR(out16[j], ref16, 1e-4) << n << " " << count << " " << j;
-      }
-    }
-  }
-}

@@ -24,16 +24,8 @@ void rope_rotate_half(float* x, int64_t heads, int64_t head_dim, int64_t pos, co
 // The same rotation with pairs (2i, 2i + 1), as GGUF llama files expect.
 void rope_interleaved(float* x, int64_t heads, int64_t head_dim, int64_t pos, const float* inv_freq);
 
-// out[j] = q . rows[j * stride .. + n] for j < count: attention scores against cached keys,
-// four rows at a time (f32 or f16 rows).
-void dot_rows(const float* q, const float* rows, int64_t stride, int64_t count, int64_t n, float* out);
-void dot_rows_f16(const float* q, const uint16_t* rows, int64_t stride, int64_t count, int64_t n, float* out);
-
 // y += a * x
 void axpy(float a, const float* x, float* y, int64_t n);
-// The same with x in f16, and a dot product of f32 with f16 (an f16 KV cache).
-void axpy_f16(float a, const uint16_t* x, float* y, int64_t n);
-float dot_f32_f16(const float* a, const uint16_t* b, int64_t n);
 // y += x
 void add_inplace(float* y, const float* x, int64_t n);
 
