@@ -1,14 +1,20 @@
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <mutex>
 #include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
 #include <numeric>
 #include <vector>
 
 #include "core/dtype.h"
+#include "core/error.h"
 #include "core/rng.h"
+#include "core/storage.h"
 #include "core/tensor.h"
 #include "core/thread_pool.h"
 #include "kernels/cpu/matmul.h"
@@ -86,6 +92,35 @@ TEST(ThreadPool, SharesEqualItemsEvenly) {
   size_t calls = 0;
   pool.parallel_for(29, 29, [&](size_t, size_t) { ++calls; });  // not above the grain: one call
   EXPECT_EQ(calls, 1u);
+}
+
+TEST(MappedFile, HugePageCopyHoldsTheSameBytes) {
+  // A file of a few huge pages plus an odd tail, read into huge pages and mapped, byte for byte.
+  const auto path = std::filesystem::temp_directory_path() / ("tessera_hugepages_" + std::to_string(::getpid()));
+  std::vector<char> bytes((size_t{5} << 20) + 12345);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 2654435761u) >> 13);
+  {
+    std::ofstream out(path, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  {
+    MappedFile mapped(path), copied(path, FileResidency::HugePages);
+    EXPECT_EQ(mapped.residency(), FileResidency::Mapped);
+    EXPECT_EQ(copied.residency(), FileResidency::HugePages);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(copied.data()) % (size_t{2} << 20), 0u);
+    ASSERT_EQ(copied.size(), bytes.size());
+    EXPECT_EQ(std::memcmp(copied.data(), bytes.data(), bytes.size()), 0);
+    EXPECT_EQ(std::memcmp(mapped.data(), copied.data(), bytes.size()), 0);
+  }
+  std::filesystem::remove(path);
+  EXPECT_THROW(MappedFile(path, FileResidency::HugePages), Error);  // gone: the same error as mapping
+  EXPECT_THROW(MappedFile(std::filesystem::temp_directory_path(), FileResidency::HugePages), Error);
+
+  // Small files stay mapped; TESSERA_HUGEPAGES=0 keeps every file mapped.
+  EXPECT_EQ(weights_residency(1 << 20), FileResidency::Mapped);
+  ::setenv("TESSERA_HUGEPAGES", "0", 1);
+  EXPECT_EQ(weights_residency(size_t{100} << 20), FileResidency::Mapped);
+  ::unsetenv("TESSERA_HUGEPAGES");
 }
 
 TEST(Rng, SeedRepeatsAndNormalHasUnitVariance) {

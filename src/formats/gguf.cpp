@@ -489,7 +489,8 @@ GgufHeader parse_gguf(std::span<const std::byte> file, const std::string& origin
   return out;
 }
 
-GgufFile::GgufFile(const std::filesystem::path& path) : path_(path), mapping_(std::make_shared<MappedFile>(path)) {
+GgufFile::GgufFile(const std::filesystem::path& path, FileResidency residency)
+    : path_(path), mapping_(std::make_shared<MappedFile>(path, residency)) {
   header_ = parse_gguf(std::span<const std::byte>(mapping_->data(), mapping_->size()), path.string());
   for (size_t i = 0; i < header_.metadata.size(); ++i) key_index_.emplace(header_.metadata[i].first, i);
   for (size_t i = 0; i < header_.tensors.size(); ++i) tensor_index_.emplace(header_.tensors[i].name, i);

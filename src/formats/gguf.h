@@ -123,7 +123,7 @@ GgufHeader parse_gguf(std::span<const std::byte> file, const std::string& origin
 
 class GgufFile {
  public:
-  explicit GgufFile(const std::filesystem::path& path);
+  explicit GgufFile(const std::filesystem::path& path, FileResidency residency = FileResidency::Mapped);
 
   const std::filesystem::path& path() const { return path_; }
   const GgufHeader& header() const { return header_; }

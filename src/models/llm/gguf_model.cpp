@@ -14,7 +14,10 @@ std::string blk(int64_t layer, const char* name) { return fmt::format("blk.{}.{}
 }  // namespace
 
 std::unique_ptr<DecoderModel> load_gguf_model(const std::filesystem::path& path) {
-  auto file = std::make_shared<GgufFile>(path);
+  std::error_code ec;
+  const auto bytes = std::filesystem::file_size(path, ec);
+  // Decoding streams all the weights per token: held in huge pages when that fits (storage.h).
+  auto file = std::make_shared<GgufFile>(path, ec ? FileResidency::Mapped : weights_residency(bytes));
   const std::string origin = path.string();
   const std::string arch = file->architecture();
   if (arch != "llama" && arch != "dbrx")
